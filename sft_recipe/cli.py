@@ -1,0 +1,140 @@
+"""`sft-recipe` command line: train, preprocess, generate (and friends).
+
+User mistakes (`UserError`) print one line and exit 2; anything else is a bug and keeps its
+traceback. Recipe keys are accepted as `--key value` after the recipe path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def recipe_keys_help() -> str:
+    from .config import SFTConfig
+
+    lines = ["recipe keys (set in the YAML or as --key value; the command line wins):"]
+    for f in dataclasses.fields(SFTConfig):
+        lines.append(f"  --{f.name:<28} {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .recipe import load_recipe
+    from .train import train
+
+    config = load_recipe(args.recipe, overrides)
+    metrics = train(config)
+    if os.environ.get("RANK", "0") == "0":
+        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+        print(f"done: {shown}; best model in {config.output_dir}/best", flush=True)
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .model import load_tokenizer
+    from .preview import show_rows
+    from .recipe import load_recipe
+    from .train import describe_stats, prepare_data
+
+    config = load_recipe(args.recipe, overrides)
+    tokenizer = load_tokenizer(config.resolved_tokenizer_name, config.trust_remote_code)
+    data = prepare_data(config, tokenizer)
+    data.train.save_to_disk(os.path.join(args.output, "train"))
+    data.eval.save_to_disk(os.path.join(args.output, "eval"))
+    print(f"data: {describe_stats(data.stats)}")
+    show_rows(data.train, tokenizer, args.show)
+    print(f"wrote {len(data.train)} train and {len(data.eval)} eval rows to {args.output}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .generate import generate_answers
+    from .model import load_for_inference
+    from .recipe import read_saved_recipe
+    from .templates import format_prompt
+
+    reject_overrides(overrides)
+    model, tokenizer = load_for_inference(args.model_dir)
+    recipe = read_saved_recipe(args.model_dir)
+    dataset_format = "text" if args.raw else recipe.get("dataset_format", "text")
+    if dataset_format == "messages":
+        from .chat import chat_prompt, stop_token_ids
+
+        prompt, stops = chat_prompt(tokenizer, [{"role": "user", "content": args.text}]), stop_token_ids(tokenizer)
+    else:
+        prompt, stops = format_prompt(dataset_format, args.text, args.input), None
+    (answer,) = generate_answers(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
+                                 temperature=args.temperature, top_p=args.top_p, stop_token_ids=stops)
+    print(args.text + answer if args.raw else answer)
+    return 0
+
+
+def reject_overrides(overrides: list[str]) -> None:
+    if overrides:
+        raise UserError(f"unexpected arguments: {' '.join(overrides)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sft-recipe", description="Supervised fine-tuning recipes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("train", help="train a recipe", epilog=recipe_keys_help(), formatter_class=fmt)
+    p.add_argument("recipe", help="recipe YAML file")
+    p.set_defaults(func=cmd_train, takes_overrides=True)
+
+    p = sub.add_parser("preprocess", help="write the exact rows training would see", epilog=recipe_keys_help(),
+                       formatter_class=fmt)
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("--output", required=True, help="directory for train/ and eval/ (datasets save_to_disk)")
+    p.add_argument("--show", type=int, default=3, help="rows to print with the masked part marked")
+    p.set_defaults(func=cmd_preprocess, takes_overrides=True)
+
+    p = sub.add_parser("generate", help="answer one prompt with a trained model")
+    p.add_argument("model_dir", help="a saved model directory, e.g. outputs/run/best")
+    p.add_argument("text", help="the instruction (or raw text with --raw)")
+    p.add_argument("--input", default="", help="Alpaca 'input' field for the instruction")
+    p.add_argument("--raw", action="store_true", help="continue raw text, no template")
+    p.add_argument("--max_new_tokens", type=int, default=128, help="generation length limit")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling threshold (with temperature)")
+    p.set_defaults(func=cmd_generate, takes_overrides=False)
+
+    return parser
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    configure_logging()
+    try:
+        return args.func(args, rest)
+    except UserError as exc:
+        print(f"sft-recipe: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("sft-recipe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

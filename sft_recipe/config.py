@@ -1,0 +1,280 @@
+"""`SFTConfig`: the small, typed set of knobs a recipe may set.
+
+The config is deliberately *not* a `TrainingArguments` subclass: recipes see a few dozen
+documented fields, `to_training_arguments` maps the trainer-related ones explicitly, and the
+rare knobs go through the `training_args` pass-through mapping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import RecipeError
+
+DatasetFormat = Literal["alpaca", "prompt_completion", "text", "messages"]
+TrainOn = Literal["all_assistant", "last_assistant"]
+
+
+@dataclass
+class SFTConfig:
+    """Every field a recipe may set. The help text is what `sft-recipe train --help` shows."""
+
+    # --- model and tokenizer -------------------------------------------------------------
+    model_name: str | None = field(default=None, metadata={"help": "Hub id or local directory of a causal LM."})
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Hub id or local directory; defaults to model_name."}
+    )
+    from_scratch: bool = field(
+        default=False, metadata={"help": "Build the model from `model_config` with random weights."}
+    )
+    model_config: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "With from_scratch: kwargs for AutoConfig.for_model, including model_type."},
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager | sdpa | flash_attention_2; default: the best available."}
+    )
+
+    # --- data ----------------------------------------------------------------------------
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Hub id, or a local .json/.jsonl/.csv/.parquet/.txt file or directory."},
+    )
+    dataset_format: DatasetFormat = field(
+        default="alpaca", metadata={"help": "alpaca | prompt_completion | text | messages."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_fraction: float = field(
+        default=0.1, metadata={"help": "Share of rows (of tokens, for text) held out for evaluation."}
+    )
+    max_examples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
+    max_length: int = field(default=512, metadata={"help": "Longest tokenized row; block size for text."})
+    chat_template: str | None = field(
+        default=None, metadata={"help": "A .jinja file or a built-in name (chatml) for messages data."}
+    )
+    train_on: TrainOn = field(
+        default="all_assistant", metadata={"help": "Which assistant turns carry loss: all_assistant | last_assistant."}
+    )
+    num_proc: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization; default: all cores for large datasets."}
+    )
+
+    # --- batching ------------------------------------------------------------------------
+    batch_size: int = field(default=8, metadata={"help": "Rows per device per micro-batch."})
+    eval_batch_size: int | None = field(default=None, metadata={"help": "Defaults to batch_size."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    packing: bool = field(
+        default=False,
+        metadata={"help": "Padding-free batches: rows concatenated, position_ids restart per row."},
+    )
+    group_by_length: bool = field(
+        default=True, metadata={"help": "Batch rows of similar length together (padded path)."}
+    )
+    pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad batch length to a multiple of N."})
+
+    # --- optimisation --------------------------------------------------------------------
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate."})
+    num_epochs: float = field(default=3.0, metadata={"help": "Epochs over the training split."})
+    max_steps: int | None = field(default=None, metadata={"help": "Stop after N optimizer steps (beats num_epochs)."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "Any transformers scheduler name."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    seed: int = field(default=42, metadata={"help": "Seed for init, shuffling and the split."})
+    loss_chunk_size: int = field(
+        default=1024,
+        metadata={"help": "Tokens per LM-head chunk in the trainable-only loss; 0 uses the model's own loss."},
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        default="auto", metadata={"help": "auto: bf16 on GPUs that support it, else fp32."}
+    )
+    torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile."})
+
+    # --- evaluation, logging, saving -----------------------------------------------------
+    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    eval_steps: int = field(default=100, metadata={"help": "Evaluate every N optimizer steps."})
+    eval_on_start: bool = field(default=False, metadata={"help": "Also evaluate before the first step."})
+    save_steps: int = field(default=100, metadata={"help": "Checkpoint every N steps (a multiple of eval_steps)."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints (best is kept)."})
+    output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints and best/ go."})
+    report_to: list[str] = field(default_factory=list, metadata={"help": "Loggers, e.g. [wandb, tensorboard]."})
+    generation_eval_samples: int = field(
+        default=0,
+        metadata={"help": "After training, generate answers for N held-out rows and score exact match."},
+    )
+    max_new_tokens: int = field(default=128, metadata={"help": "Generation length for generation_eval_samples."})
+
+    callbacks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Callbacks: built-in names (samples, early_stopping, loss_curve, throughput, nan_guard) "
+                          "or dotted import paths of TrainerCallback classes."},
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after N evaluations without eval-loss improvement."}
+    )
+    sample_prompts: list[str] = field(
+        default_factory=list, metadata={"help": "Fixed prompts whose generations are logged at each eval."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start fresh instead of resuming from the last checkpoint."}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Push best/ to the hub at the end."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id for push_to_hub."})
+    lora: dict[str, Any] | None = field(
+        default=None, metadata={"help": "LoRA adapters via peft: {r, alpha, dropout, target_modules}."}
+    )
+
+    # --- escape hatch --------------------------------------------------------------------
+    training_args: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Rare TrainingArguments fields, passed through unchanged."}
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject values that would fail later, deep inside a library, with a worse message."""
+        if self.dataset is None:
+            raise RecipeError("recipe key 'dataset' is required (a hub id or a local file)")
+        if self.model_name is None and not self.from_scratch:
+            raise RecipeError("recipe key 'model_name' is required unless from_scratch is true")
+        if self.from_scratch and not (self.model_config and "model_type" in self.model_config):
+            raise RecipeError("from_scratch: true needs 'model_config' with a 'model_type' (e.g. gpt2, llama)")
+        if self.from_scratch and self.tokenizer_name is None and self.model_name is None:
+            raise RecipeError("from_scratch: true needs 'tokenizer_name'")
+        for name in ("max_length", "batch_size", "gradient_accumulation_steps", "logging_steps", "eval_steps",
+                     "save_steps"):
+            if getattr(self, name) <= 0:
+                raise RecipeError(f"recipe key '{name}' must be > 0, got {getattr(self, name)}")
+        for name in ("eval_batch_size", "max_examples", "max_steps", "num_proc", "pad_to_multiple_of",
+                     "save_total_limit"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise RecipeError(f"recipe key '{name}' must be > 0, got {value}")
+        for name in ("warmup_steps", "generation_eval_samples", "loss_chunk_size"):
+            if getattr(self, name) < 0:
+                raise RecipeError(f"recipe key '{name}' must be >= 0, got {getattr(self, name)}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise RecipeError(f"recipe key 'learning_rate' must be a positive number, got {self.learning_rate}")
+        if not self.num_epochs > 0:
+            raise RecipeError(f"recipe key 'num_epochs' must be > 0, got {self.num_epochs}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise RecipeError(f"recipe key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
+        if self.max_grad_norm < 0 or self.weight_decay < 0:
+            raise RecipeError("recipe keys 'max_grad_norm' and 'weight_decay' must be >= 0")
+        if self.save_steps % self.eval_steps:
+            raise RecipeError(
+                f"recipe key 'save_steps' ({self.save_steps}) must be a multiple of 'eval_steps' "
+                f"({self.eval_steps}) so that the best checkpoint can be kept"
+            )
+        overlap = sorted(set(self.training_args) & MAPPED_TRAINING_ARGS)
+        if overlap:
+            raise RecipeError(
+                f"'training_args' sets {overlap}, which the recipe maps itself; set the recipe keys instead"
+            )
+
+    @property
+    def resolved_tokenizer_name(self) -> str:
+        return self.tokenizer_name or self.model_name  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# TrainingArguments fields that `to_training_arguments` sets from recipe keys.
+MAPPED_TRAINING_ARGS = frozenset({
+    "output_dir", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "learning_rate", "num_train_epochs", "max_steps", "warmup_steps", "weight_decay", "lr_scheduler_type",
+    "max_grad_norm", "seed", "data_seed", "logging_steps", "eval_strategy", "eval_steps", "eval_on_start",
+    "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model",
+    "greater_is_better", "report_to", "train_sampling_strategy", "bf16", "fp16", "torch_compile",
+    "remove_unused_columns", "use_cache", "average_tokens_across_devices", "include_num_input_tokens_seen",
+    "tf32", "optim", "dataloader_pin_memory", "disable_tqdm",
+})
+
+# Recipe keys consumed before training (data, model, generation), never by TrainingArguments.
+NOT_TRAINING_ARGS = frozenset({
+    "model_name", "tokenizer_name", "from_scratch", "model_config", "trust_remote_code", "attn_implementation",
+    "dataset", "dataset_format", "dataset_config", "dataset_split", "eval_fraction", "max_examples",
+    "max_length", "chat_template", "train_on", "num_proc", "packing", "pad_to_multiple_of",
+    "loss_chunk_size", "generation_eval_samples", "max_new_tokens", "training_args", "callbacks",
+    "early_stopping_patience", "sample_prompts", "overwrite_output_dir", "push_to_hub", "hub_model_id", "lora",
+})
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` means bf16 on a GPU that supports it and fp32 everywhere else (CPU stays fp32)."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def to_training_arguments(config: SFTConfig, **overrides: Any):
+    """Map the recipe onto `TrainingArguments`, field by field; `overrides` win (used by tests)."""
+    import torch
+    from transformers import TrainingArguments
+
+    precision = resolve_precision(config.precision)
+    on_gpu = torch.cuda.is_available()
+
+    mapped: dict[str, Any] = dict(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size or config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler_type,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        eval_strategy="steps",
+        eval_steps=config.eval_steps,
+        eval_on_start=config.eval_on_start,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        report_to=list(config.report_to) or "none",
+        # Length grouping only pays on the padded path; packed batches carry no padding.
+        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        torch_compile=config.torch_compile,
+        # Our columns are exactly what the model and loss need ("length" is dropped by the collator).
+        remove_unused_columns=False,
+        # A KV cache during training lets packed rows attend to each other: never on.
+        use_cache=False,
+        # Normalize the loss by trainable tokens summed over all devices, not averaged per device.
+        average_tokens_across_devices=True,
+        include_num_input_tokens_seen="non_padding",
+        # GPU-only speedups; the CPU path keeps PyTorch's defaults.
+        tf32=True if on_gpu and torch.cuda.get_device_capability()[0] >= 8 else None,
+        optim="adamw_torch_fused" if on_gpu else "adamw_torch",
+        dataloader_pin_memory=on_gpu,
+        # Progress bars for people; one log line per logging step for files and CI.
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+    assert set(mapped) == MAPPED_TRAINING_ARGS, set(mapped) ^ MAPPED_TRAINING_ARGS
+    mapped.update(config.training_args)
+    mapped.update(overrides)
+    try:
+        return TrainingArguments(**mapped)
+    except TypeError as exc:  # unknown pass-through key
+        raise RecipeError(f"training_args: {exc}") from None
+    except ValueError as exc:
+        raise RecipeError(f"training arguments rejected: {str(exc).splitlines()[0]}") from None

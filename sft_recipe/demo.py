@@ -1,0 +1,122 @@
+"""The embedded offline default: instruction data and a tokenizer that sft-recipe makes itself.
+
+`dataset: builtin:tasks` generates Alpaca-format instruction tasks whose answers can be checked
+exactly (sorting, reversing, counting, arithmetic, lookups), half of them using the `input`
+field. `tokenizer_name: builtin:tasks-bpe` trains a small byte-level BPE on that data. Both are
+written to files once and then loaded with the ordinary `load_dataset` / `from_pretrained` code,
+so the demo exercises the same paths as real data. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+
+DEMO_ROWS = 6000
+DEMO_SEED = 1234
+DEMO_VOCAB = 640
+
+WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "ocean", "candle", "forest",
+         "rocket", "garden", "silver", "window", "dragon", "pepper"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
+
+
+def _numbers(rng: random.Random) -> list[int]:
+    return [rng.randint(0, 9) for _ in range(rng.randint(3, 6))]
+
+
+def _task_sort(rng: random.Random) -> dict[str, str]:
+    xs = _numbers(rng)
+    return {"instruction": "Sort the numbers in ascending order.", "input": " ".join(map(str, xs)),
+            "output": " ".join(map(str, sorted(xs)))}
+
+
+def _task_reverse(rng: random.Random) -> dict[str, str]:
+    xs = rng.sample(WORDS, rng.randint(2, 4))
+    return {"instruction": "Reverse the order of the words.", "input": " ".join(xs),
+            "output": " ".join(reversed(xs))}
+
+
+def _task_count(rng: random.Random) -> dict[str, str]:
+    xs = [rng.choice(COLORS) for _ in range(rng.randint(1, 7))]
+    return {"instruction": "How many words are in the input?", "input": " ".join(xs), "output": str(len(xs))}
+
+
+def _task_add(rng: random.Random) -> dict[str, str]:
+    a, b = rng.randint(0, 20), rng.randint(0, 20)
+    return {"instruction": f"What is {a} plus {b}?", "input": "", "output": str(a + b)}
+
+
+def _task_next_day(rng: random.Random) -> dict[str, str]:
+    i = rng.randrange(7)
+    return {"instruction": f"Which day comes after {DAYS[i]}?", "input": "", "output": DAYS[(i + 1) % 7]}
+
+
+def _task_repeat(rng: random.Random) -> dict[str, str]:
+    word, n = rng.choice(WORDS), rng.randint(1, 4)
+    return {"instruction": f"Repeat the word {word} {n} times.", "input": "", "output": " ".join([word] * n)}
+
+
+TASKS: list[Callable[[random.Random], dict[str, str]]] = [
+    _task_sort, _task_reverse, _task_count, _task_add, _task_next_day, _task_repeat,
+]
+
+
+def make_rows(n: int = DEMO_ROWS, seed: int = DEMO_SEED) -> list[dict[str, str]]:
+    """`n` generated rows, cycling through the task kinds; deterministic for a seed."""
+    rng = random.Random(seed)
+    return [TASKS[i % len(TASKS)](rng) for i in range(n)]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SFT_RECIPE_CACHE") or Path.home() / ".cache" / "sft_recipe"
+    path = Path(root) / "builtin"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        write(tmp)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process (DDP rank) won the race; its copy is identical
+            if not path.exists():
+                raise
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    return path
+
+
+def materialise_dataset(name: str) -> Path:
+    """`builtin:tasks` -> path of a generated .jsonl file."""
+    if name != "builtin:tasks":
+        raise UserError(f"{name}: unknown built-in dataset (available: builtin:tasks)")
+
+    def write(tmp: Path) -> None:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in make_rows()), encoding="utf-8")
+
+    return _write_atomically(cache_dir() / f"tasks-{DEMO_ROWS}-{DEMO_SEED}.jsonl", write)
+
+
+def materialise_tokenizer(name: str) -> Path:
+    """`builtin:tasks-bpe` -> directory of a byte-level BPE trained on the demo data."""
+    if name != "builtin:tasks-bpe":
+        raise UserError(f"{name}: unknown built-in tokenizer (available: builtin:tasks-bpe)")
+    from .templates import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
+    from .tokenizer_train import train_bpe
+
+    def write(tmp: Path) -> None:
+        texts = [ALPACA_WITH_INPUT, ALPACA_NO_INPUT] * 50
+        texts += [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in make_rows()]
+        train_bpe(texts, vocab_size=DEMO_VOCAB, output_dir=tmp)
+
+    return _write_atomically(cache_dir() / f"tasks-bpe-{DEMO_VOCAB}", write)

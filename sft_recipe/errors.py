@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+Anything the user can fix (a bad recipe, a broken data file, a missing path) is raised as
+`UserError`; the CLI prints its message as one line and exits non-zero, with no traceback.
+Everything else is a bug in sft-recipe and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem in the user's recipe, data or paths, reported as a single line."""
+
+
+class RecipeError(UserError):
+    """An invalid recipe: unknown key, wrong type, impossible value."""
+
+
+class DataError(UserError):
+    """Invalid data: malformed file, missing column, bad field, nothing left to train on."""

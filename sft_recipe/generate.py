@@ -1,0 +1,57 @@
+"""Generation with the template a model was trained on, and the exact-match check used by the
+demo and by `generation_eval_samples`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .tokenize import prompt_ids_without_eos
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
+                     temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
+                     stop_token_ids: list[int] | None = None) -> list[str]:
+    """Complete each prompt; only the new text is returned, cut at EOS (or `stop_token_ids`).
+
+    Prompts are tokenized exactly as in training (see `tokenize.prompt_ids_without_eos`) and
+    left-padded, so batched answers equal one-by-one answers.
+    """
+    encode = prompt_ids_without_eos(tokenizer)
+    stops = stop_token_ids or [tokenizer.eos_token_id]
+    was_training = model.training
+    model.eval()
+    answers: list[str] = []
+    device = next(model.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        ids = encode(prompts[start:start + batch_size])
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+        sampling: dict[str, Any] = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0
+            else {"do_sample": False}
+        )
+        out = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+            eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, **sampling,
+        )
+        for row in out[:, width:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+            answers.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+    model.train(was_training)
+    return answers
+
+
+def normalise_answer(text: str) -> str:
+    return " ".join(text.split())
+
+
+def exact_match(predictions: list[str], references: list[str]) -> float:
+    """Share of answers equal to the reference up to whitespace."""
+    if not references:
+        return 0.0
+    hits = sum(normalise_answer(p) == normalise_answer(r) for p, r in zip(predictions, references))
+    return hits / len(references)

@@ -1,0 +1,105 @@
+"""Load the tokenizer and the model: pretrained (`from_pretrained`) or new (`from_config`).
+
+Weights load as safetensors only (no pickle), and remote code runs only if the recipe opts in.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .config import SFTConfig, resolve_precision
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """`AutoTokenizer.from_pretrained`, with a pad token guaranteed (EOS if none is set: padding is
+    masked by position, so sharing the id with EOS is harmless)."""
+    from transformers import AutoTokenizer
+
+    if name.startswith("builtin:"):
+        from .demo import materialise_tokenizer
+
+        name = str(materialise_tokenizer(name))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{name}: cannot load tokenizer ({_first_line(exc)})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(config: SFTConfig, tokenizer):
+    """The model the recipe describes, on CPU in the dtype training will use."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    precision = resolve_precision(config.precision)
+    dtype = torch.bfloat16 if precision == "bf16" and config.lora else torch.float32
+    attn = config.attn_implementation or default_attention()
+    if config.from_scratch:
+        kwargs = dict(config.model_config or {})
+        model_type = kwargs.pop("model_type")
+        kwargs.setdefault("vocab_size", len(tokenizer))
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            kwargs.setdefault(name, getattr(tokenizer, name) or tokenizer.eos_token_id)
+        try:
+            model_config = AutoConfig.for_model(model_type, **kwargs)
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"model_config: {_first_line(exc)}") from None
+        model = AutoModelForCausalLM.from_config(model_config, attn_implementation=attn, dtype=dtype)
+        log.info("built %s from config: %.2fM parameters", model_type, model.num_parameters() / 1e6)
+        return model
+    name = config.model_name
+    assert name is not None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, attn_implementation=attn, use_safetensors=True,
+            trust_remote_code=config.trust_remote_code,
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{name}: cannot load model ({_first_line(exc)})") from None
+    log.info("loaded %s: %.2fM parameters", name, model.num_parameters() / 1e6)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def default_attention() -> str:
+    """flash-attention 2 on a GPU where it is installed (varlen kernel for packing), else SDPA."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_for_inference(model_dir: str | Path):
+    """A saved checkpoint (full model or LoRA adapter) and its tokenizer, ready to generate."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise UserError(f"{model_dir}: model directory not found")
+    tokenizer = load_tokenizer(str(model_dir))
+    try:
+        if (model_dir / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{model_dir}: cannot load model ({_first_line(exc)})") from None
+    model.eval()
+    return model, tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,162 @@
+"""Tokenize normalised rows into training rows (`input_ids`, `labels`, `length`), with counts.
+
+All tokenization runs in batched `datasets.map` calls: fast tokenizers encode a whole batch in
+Rust, `num_proc` spreads large datasets over cores, and the map cache means a second run of the
+same recipe does not tokenize again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import DataError
+from .mask import Example, build_example
+
+log = logging.getLogger(__name__)
+
+# Below this many rows, process start-up costs more than it saves.
+PARALLEL_MIN_ROWS = 20_000
+
+
+@dataclass
+class TokenStats:
+    """What preprocessing did to the data; logged at start and saved with the run."""
+
+    rows: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped_empty: int = 0
+    dropped_too_long: int = 0
+    dropped_other: int = 0
+    dropped_tokens: int = 0
+    tokens: int = 0
+    trainable_tokens: int = 0
+
+    @property
+    def trainable_share(self) -> float:
+        return self.trainable_tokens / self.tokens if self.tokens else 0.0
+
+    def add(self, other: "TokenStats") -> "TokenStats":
+        return TokenStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def summary(self) -> str:
+        return (
+            f"rows {self.rows}: kept {self.kept}, truncated {self.truncated}, dropped {self.dropped_empty} "
+            f"empty + {self.dropped_too_long} prompt too long + {self.dropped_other} other "
+            f"(+{self.dropped_tokens} tail tokens); "
+            f"{self.tokens} tokens, {self.trainable_share:.1%} trainable"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "trainable_share": self.trainable_share}
+
+
+def resolve_num_proc(num_proc: int | None, rows: int) -> int | None:
+    if num_proc is None:
+        num_proc = min(os.cpu_count() or 1, 8) if rows >= PARALLEL_MIN_ROWS else 1
+    if num_proc > 1:
+        # Each worker process tokenizes its own shard; Rust threads inside forks only contend.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        return num_proc
+    return None
+
+
+def prompt_ids_without_eos(tokenizer) -> Callable[[list[str]], list[list[int]]]:
+    """Tokenize prompts with the tokenizer's own special tokens (BOS), minus a trailing EOS that
+    some tokenizers (`add_eos_token=True`) append: EOS belongs after the completion only."""
+    eos = tokenizer.eos_token_id
+    adds_eos = tokenizer("a", add_special_tokens=True)["input_ids"][-1:] == [eos]
+
+    def encode(prompts: list[str]) -> list[list[int]]:
+        ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+        return [p[:-1] if adds_eos and p[-1:] == [eos] else p for p in ids]
+
+    return encode
+
+
+def examples_to_columns(examples: list[Example | None]) -> dict[str, list]:
+    kept = [e for e in examples if e is not None]
+    return {
+        "input_ids": [e.input_ids for e in kept],
+        "labels": [e.labels for e in kept],
+        "length": [len(e.input_ids) for e in kept],
+        "truncated": [e.truncated for e in kept],
+        "trainable": [e.num_trainable for e in kept],
+    }
+
+
+def tokenize_prompt_completion(dataset, tokenizer, max_length: int, num_proc: int | None = None):
+    """Rows with `prompt`/`completion` strings -> masked training rows (see mask.py for the rules)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no EOS token; set one so the model can learn to stop")
+    encode_prompts = prompt_ids_without_eos(tokenizer)
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        prompts = encode_prompts(batch["prompt"])
+        completions = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
+        return examples_to_columns([build_example(p, c + [eos], max_length) for p, c in zip(prompts, completions)])
+
+    return map_rows(dataset, encode, num_proc)
+
+
+def map_rows(dataset, encode: Callable[[dict[str, list]], dict[str, list]], num_proc: int | None):
+    return dataset.map(
+        encode, batched=True, remove_columns=dataset.column_names,
+        num_proc=resolve_num_proc(num_proc, len(dataset)), desc="Tokenizing",
+    )
+
+
+def row_stats(raw_rows: int, tokenized) -> TokenStats:
+    """Counts for a tokenized split; rows that vanished in the map were dropped for length."""
+    return TokenStats(
+        rows=raw_rows, kept=len(tokenized), truncated=int(np.sum(tokenized["truncated"])),
+        dropped_too_long=raw_rows - len(tokenized), tokens=int(np.sum(tokenized["length"])),
+        trainable_tokens=int(np.sum(tokenized["trainable"])),
+    )
+
+
+# --- raw text: the pretraining path --------------------------------------------------------
+
+def tokenize_text(dataset, tokenizer, max_length: int, eval_fraction: float, *, add_eos: bool,
+                  num_proc: int | None = None):
+    """Whole-corpus tokenization, a split by token position, and fixed-size blocks.
+
+    The last `eval_fraction` of the token stream is validation (by position, like the classic
+    tutorial, so no validation text leaks into training through shuffled lines). Each split is
+    cut into `max_length` blocks with labels == input_ids; the model shifts them itself. The
+    partial block at the end of each split is dropped and counted.
+    """
+    import datasets
+
+    eos = tokenizer.eos_token_id
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"ids": [row + [eos] for row in ids] if add_eos else ids}
+
+    tokenized = map_rows(dataset, encode, num_proc)
+    stream = tokenized.data.column("ids").combine_chunks().flatten().to_numpy().astype(np.int64)
+    split = int(len(stream) * (1.0 - eval_fraction))
+    parts, stats = {}, {}
+    for name, ids in (("train", stream[:split]), ("eval", stream[split:])):
+        n_blocks = len(ids) // max_length
+        if n_blocks == 0:
+            raise DataError(
+                f"the {name} split has {len(ids)} tokens, fewer than one block of max_length={max_length}; "
+                "use more text, a smaller max_length or a different eval_fraction"
+            )
+        blocks = ids[: n_blocks * max_length].reshape(n_blocks, max_length)
+        parts[name] = datasets.Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+        stats[name] = TokenStats(
+            rows=n_blocks, kept=n_blocks, tokens=blocks.size, trainable_tokens=blocks.size,
+            dropped_tokens=len(ids) - blocks.size,  # the partial block at the end
+        )
+        log.info("%s: %d tokens -> %d blocks of %d (%d tokens in the partial block dropped)",
+                 name, len(ids), n_blocks, max_length, len(ids) - blocks.size)
+    return parts["train"], parts["eval"], stats

@@ -1,0 +1,145 @@
+"""The training run, top to bottom: recipe -> data -> tokens -> model -> Trainer -> best/.
+
+Tokens per optimizer step = batch_size x gradient_accumulation_steps x processes x (row length),
+and the loss is the mean over the *trainable* tokens of that whole step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .config import SFTConfig, to_training_arguments
+from .errors import DataError
+
+log = logging.getLogger("sft_recipe")
+
+
+@dataclass
+class PreparedData:
+    train: Any  # datasets.Dataset with input_ids, labels (and length)
+    eval: Any
+    eval_raw: Any | None  # held-out rows before tokenization, for generation checks
+    stats: dict[str, Any]
+
+
+def prepare_data(config: SFTConfig, tokenizer) -> PreparedData:
+    """Load, validate, split and tokenize: exactly the rows training will see."""
+    from .data import load_raw, split_rows
+    from .tokenize import TokenStats, row_stats, tokenize_prompt_completion, tokenize_text
+
+    source = config.dataset or ""
+    raw, dropped_empty = load_raw(config)
+    if config.dataset_format == "text":
+        add_eos = not source.lower().endswith(".txt")  # a .txt is one running text, not documents
+        train, eval_, split_stats = tokenize_text(raw, tokenizer, config.max_length, config.eval_fraction,
+                                                  add_eos=add_eos, num_proc=config.num_proc)
+        return PreparedData(train, eval_, None, {k: v.to_dict() for k, v in split_stats.items()})
+    train_raw, eval_raw = split_rows(raw, config.eval_fraction, config.seed, source)
+    if config.dataset_format == "messages":
+        from .chat import tokenize_messages
+
+        tokenized = {name: tokenize_messages(part, tokenizer, config)
+                     for name, part in (("train", train_raw), ("eval", eval_raw))}
+        stats = {name: s for name, (_, s) in tokenized.items()}
+        train, eval_ = tokenized["train"][0], tokenized["eval"][0]
+    else:
+        train = tokenize_prompt_completion(train_raw, tokenizer, config.max_length, config.num_proc)
+        eval_ = tokenize_prompt_completion(eval_raw, tokenizer, config.max_length, config.num_proc)
+        stats = {"train": row_stats(len(train_raw), train), "eval": row_stats(len(eval_raw), eval_)}
+    stats["train"] = stats["train"].add(TokenStats(rows=dropped_empty, dropped_empty=dropped_empty))
+    for name, part in (("train", train), ("eval", eval_)):
+        if len(part) == 0:
+            raise DataError(
+                f"{source}: the {name} split is empty after filtering ({stats[name].summary()}); "
+                f"raise max_length (now {config.max_length}) or check the data"
+            )
+    return PreparedData(train, eval_, eval_raw, {k: v.to_dict() for k, v in stats.items()})
+
+
+def describe_stats(stats: dict[str, Any]) -> str:
+    from .tokenize import TokenStats
+
+    fields = set(TokenStats.__dataclass_fields__)
+    return "; ".join(
+        f"{name}: {TokenStats(**{k: v for k, v in s.items() if k in fields}).summary()}" for name, s in stats.items()
+    )
+
+
+def train(config: SFTConfig) -> dict[str, Any]:
+    """Run the recipe; returns the final metrics. Writes `output_dir/best` on the main process."""
+    from .callbacks import build_callbacks
+    from .collate import make_collator
+    from .model import load_model, load_tokenizer
+    from .save import prepare_output_dir, save_best
+    from .trainer import SFTTrainer
+
+    # 1. setup: arguments first, because they initialise the (possibly distributed) state
+    args = to_training_arguments(config)
+    resume_from = prepare_output_dir(config, args)
+    tokenizer = load_tokenizer(config.resolved_tokenizer_name, config.trust_remote_code)
+
+    # 2. data: tokenized once, on the main process first; the other processes read its cache
+    with args.main_process_first(desc="preprocessing"):
+        data = prepare_data(config, tokenizer)
+    log.info("data: %s", describe_stats(data.stats))
+
+    # 3. model and trainer
+    model = load_model(config, tokenizer)
+    if config.lora:
+        from .lora import wrap_lora
+
+        model = wrap_lora(model, config.lora)
+    collator = make_collator(config.packing, tokenizer.pad_token_id, config.pad_to_multiple_of,
+                             flash_attention=model.config._attn_implementation == "flash_attention_2")
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, data_collator=collator,
+        processing_class=tokenizer, callbacks=build_callbacks(config, tokenizer, data),
+        loss_chunk_size=config.loss_chunk_size,
+    )
+
+    # 4. train (resuming if a complete checkpoint exists), then evaluate the best model
+    before = generation_check(config, trainer, tokenizer, data, "untrained") if config.generation_eval_samples \
+        else None
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    metrics = trainer.evaluate()
+    if config.generation_eval_samples:
+        metrics.update(generation_check(config, trainer, tokenizer, data, "trained", before))
+
+    # 5. save: metrics, state, best/ (model, tokenizer, recipe, card)
+    trainer.save_metrics("train", {**result.metrics, **{f"data_{k}": v for k, v in data.stats.items()}})
+    trainer.save_metrics("eval", metrics)
+    trainer.save_state()
+    save_best(trainer, config, metrics)
+    return metrics
+
+
+def generation_check(config: SFTConfig, trainer, tokenizer, data: PreparedData, label: str,
+                     before: dict[str, float] | None = None) -> dict[str, float]:
+    """Greedy answers for held-out prompts, scored by exact match; printed as a small table."""
+    from .generate import exact_match, generate_answers
+
+    if data.eval_raw is None or "prompt" not in data.eval_raw.column_names:
+        return {}
+    rows = data.eval_raw.select(range(min(config.generation_eval_samples, len(data.eval_raw))))
+    answers = generate_answers(trainer.model, tokenizer, rows["prompt"], max_new_tokens=config.max_new_tokens)
+    score = exact_match(answers, rows["completion"])
+    if trainer.is_world_process_zero():
+        if label == "trained":
+            for prompt, answer, ref in list(zip(rows["prompt"], answers, rows["completion"]))[:8]:
+                mark = "ok " if exact_match([answer], [ref]) else "BAD"
+                print(f"  [{mark}] {short_prompt(prompt)!r} -> {answer!r}")
+        msg = f"exact match on {len(rows)} held-out prompts ({label}): {score:.1%}"
+        if before:
+            msg += f"  (untrained model: {before['eval_exact_match']:.1%})"
+        print(msg, flush=True)
+    return {"eval_exact_match": score}
+
+
+def short_prompt(prompt: str) -> str:
+    """The instruction of an Alpaca prompt (the template's boilerplate hides it), else the prompt."""
+    if "### Instruction:\n" in prompt:
+        return prompt.split("### Instruction:\n", 1)[1].split("\n\n### ", 1)[0]
+    return prompt.strip()
+
