@@ -1,0 +1,31 @@
+"""Generation metrics as `evaluate` modules shipped inside the package (no hub download).
+
+`evaluate.load("exact_match")` fetches a script from the hub; `evaluate.load(path)` on the
+directories here does not, so generation metrics work offline and in air-gapped clusters.
+Loss, perplexity and token accuracy need no generation and come from `SFTTrainer.evaluate`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+METRICS_DIR = Path(__file__).parent
+GENERATION_METRICS = ("exact_match", "rouge_l")
+
+
+@lru_cache(maxsize=None)
+def load_metric(name: str):
+    """One of GENERATION_METRICS, loaded by path with `evaluate.load`."""
+    import evaluate
+
+    return evaluate.load(str(METRICS_DIR / name))
+
+
+def score_generations(predictions: list[str], references: list[str], prefix: str = "eval") -> dict[str, float]:
+    """`{prefix}_exact_match` and `{prefix}_rouge_l` for generated answers against references."""
+    scores: dict[str, float] = {}
+    for name in GENERATION_METRICS:
+        result = load_metric(name).compute(predictions=predictions, references=references)
+        scores.update({f"{prefix}_{key}": float(value) for key, value in result.items()})
+    return scores
