@@ -109,11 +109,32 @@ def map_rows(dataset, encode: Callable[[dict[str, list]], dict[str, list]], num_
     return dataset.map(
         encode, batched=True, remove_columns=dataset.column_names,
         num_proc=resolve_num_proc(num_proc, len(dataset)), desc="Tokenizing",
+        cache_file_name=in_memory_cache_file(dataset, encode),
     )
+
+
+def in_memory_cache_file(dataset, encode: Callable) -> str | None:
+    """A cache file for mapping an in-memory dataset (rows normalised by data.py), else None.
+
+    `datasets` caches a map next to the input's Arrow files; an in-memory dataset has none, so
+    every run would tokenize again. Its fingerprint hashes the rows, and `Hasher` hashes the
+    function with what it closes over (tokenizer, max_length), so the name changes exactly when
+    the data, the tokenizer or the code does.
+    """
+    if dataset.cache_files:
+        return None
+    import datasets
+    from datasets.fingerprint import Hasher
+
+    directory = os.path.join(datasets.config.HF_DATASETS_CACHE, "sft_recipe")
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, f"tokenized-{Hasher.hash([dataset._fingerprint, encode])}.arrow")
 
 
 def row_stats(raw_rows: int, tokenized) -> TokenStats:
     """Counts for a tokenized split; rows that vanished in the map were dropped for length."""
+    if len(tokenized) == 0:  # every row dropped: the map output has no columns to sum
+        return TokenStats(rows=raw_rows, dropped_too_long=raw_rows)
     return TokenStats(
         rows=raw_rows, kept=len(tokenized), truncated=int(np.sum(tokenized["truncated"])),
         dropped_too_long=raw_rows - len(tokenized), tokens=int(np.sum(tokenized["length"])),
@@ -132,31 +153,56 @@ def tokenize_text(dataset, tokenizer, max_length: int, eval_fraction: float, *, 
     cut into `max_length` blocks with labels == input_ids; the model shifts them itself. The
     partial block at the end of each split is dropped and counted.
     """
-    import datasets
-
-    eos = tokenizer.eos_token_id
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"ids": [row + [eos] for row in ids] if add_eos else ids}
-
-    tokenized = map_rows(dataset, encode, num_proc)
-    stream = tokenized.data.column("ids").combine_chunks().flatten().to_numpy().astype(np.int64)
+    stream = token_stream(dataset, tokenizer, add_eos=add_eos, num_proc=num_proc)
     split = int(len(stream) * (1.0 - eval_fraction))
     parts, stats = {}, {}
     for name, ids in (("train", stream[:split]), ("eval", stream[split:])):
-        n_blocks = len(ids) // max_length
-        if n_blocks == 0:
-            raise DataError(
-                f"the {name} split has {len(ids)} tokens, fewer than one block of max_length={max_length}; "
-                "use more text, a smaller max_length or a different eval_fraction"
-            )
-        blocks = ids[: n_blocks * max_length].reshape(n_blocks, max_length)
-        parts[name] = datasets.Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+        parts[name] = to_blocks(ids, max_length, name)
+        n_tokens = len(parts[name]) * max_length
         stats[name] = TokenStats(
-            rows=n_blocks, kept=n_blocks, tokens=blocks.size, trainable_tokens=blocks.size,
-            dropped_tokens=len(ids) - blocks.size,  # the partial block at the end
+            rows=len(parts[name]), kept=len(parts[name]), tokens=n_tokens, trainable_tokens=n_tokens,
+            dropped_tokens=len(ids) - n_tokens,  # the partial block at the end
         )
         log.info("%s: %d tokens -> %d blocks of %d (%d tokens in the partial block dropped)",
-                 name, len(ids), n_blocks, max_length, len(ids) - blocks.size)
+                 name, len(ids), len(parts[name]), max_length, len(ids) - n_tokens)
     return parts["train"], parts["eval"], stats
+
+
+def token_stream(dataset, tokenizer, *, add_eos: bool, num_proc: int | None = None):
+    """The corpus as one pyarrow array of token ids, in order."""
+    tokenized = encode_text(dataset, tokenizer, add_eos=add_eos, num_proc=num_proc)
+    return tokenized.data.column("ids").combine_chunks().flatten()
+
+
+def encode_text(dataset, tokenizer, *, add_eos: bool, num_proc: int | None = None):
+    """Rows (lines of a .txt, documents of a .jsonl) -> an `ids` column, in a batched `datasets.map`
+    whose cache a second run of the same recipe reuses.
+
+    For a .txt read line by line (`keep_linebreaks`), the only difference from tokenizing the file
+    in one piece is that a run of newlines is split at line ends: BPE merges never cross a row.
+    """
+    eos = tokenizer.eos_token_id
+    if add_eos and eos is None:
+        raise DataError("the tokenizer has no EOS token to separate documents; set one")
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        ids = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        return {"ids": [row + [eos] for row in ids] if add_eos else ids}
+
+    return map_rows(dataset, encode, num_proc)
+
+
+def to_blocks(ids, max_length: int, name: str):
+    """`[n_blocks, max_length]` rows with labels == input_ids, sharing one Arrow buffer."""
+    import datasets
+    import pyarrow as pa
+
+    n_blocks = len(ids) // max_length
+    if n_blocks == 0:
+        raise DataError(
+            f"the {name} split has {len(ids)} tokens, fewer than one block of max_length={max_length}; "
+            "use more text, a smaller max_length or a different eval_fraction"
+        )
+    flat = pa.array(ids.slice(0, n_blocks * max_length).to_numpy(zero_copy_only=False), pa.int64())
+    blocks = pa.FixedSizeListArray.from_arrays(flat, max_length)
+    return datasets.Dataset(pa.table({"input_ids": blocks, "labels": blocks}))

@@ -12,6 +12,7 @@ from typing import Iterable, Iterator
 from .errors import UserError
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
+MIN_VOCAB_SIZE = 256 + 2  # every byte, EOS and pad
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, output_dir: str | Path, min_frequency: int = 2):
@@ -19,8 +20,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, output_dir: str | Path, min
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if vocab_size < 257 + 2:
-        raise UserError(f"--vocab_size must be at least 259 (256 bytes + 2 special tokens), got {vocab_size}")
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise UserError(f"--vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + 2 special tokens), "
+                        f"got {vocab_size}")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
