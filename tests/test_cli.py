@@ -52,7 +52,7 @@ def test_preprocess_writes_training_rows(tiny_run, tmp_path, capsys):
     eval_ = datasets.load_from_disk(str(tmp_path / "pp" / "eval"))
     assert {"input_ids", "labels"} <= set(train.column_names)
     assert len(train) + len(eval_) == 64  # nothing dropped at this max_length
-    assert "rows 58: kept 58, truncated 0, dropped 0 empty + 0 prompt too long" in printed
+    assert "rows 57: kept 57, truncated 0, dropped 0 empty + 0 prompt too long" in printed
 
 
 def test_user_error_is_one_line_exit_2_no_traceback(tmp_path, alpaca_file, bpe_tokenizer_dir):
