@@ -1,0 +1,217 @@
+"""SFTTrainer: the trainable-token loss is the model's own loss, computed faster.
+
+Equivalences pinned here: chunked trainable-only loss == the model's loss (values and every
+gradient) for llama and gpt2, padded and packed; batch 8 x accumulation 1 == 2 x 4 == 4 x 2
+after one real optimizer step, on both loss paths; and the length-grouped sampler the recipe
+configures still reshuffles every epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import datasets
+import pytest
+import torch
+from conftest import tiny_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sft_recipe.collate import PackingCollator, PaddingCollator
+from sft_recipe.config import SFTConfig, to_training_arguments
+from sft_recipe.mask import IGNORE_INDEX
+from sft_recipe.trainer import ChunkedLinearCrossEntropy, SFTTrainer
+
+VOCAB = 400
+# Unit-level trainers: no eval set, no checkpoints, no loggers.
+QUIET = dict(report_to="none", disable_tqdm=True, eval_strategy="no", save_strategy="no",
+             load_best_model_at_end=False)
+
+
+def rows_with_lengths(lengths: list[int], prompt_lengths: list[int], seed: int = 0) -> list[dict]:
+    """Random token rows; labels -100 on the first `prompt_length` positions."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for n, p in zip(lengths, prompt_lengths):
+        ids = torch.randint(3, VOCAB, (n,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": [IGNORE_INDEX] * p + ids[p:]})
+    return rows
+
+
+ROWS = rows_with_lengths([9, 4, 13, 6], [3, 1, 10, 0])
+
+
+def make_trainer(model, tmp_path, chunk: int = 1024, **overrides) -> SFTTrainer:
+    config = SFTConfig(dataset="unused.jsonl", model_name="unused", output_dir=str(tmp_path / "out"),
+                       loss_chunk_size=chunk, callbacks=[])
+    args = to_training_arguments(config, **{**QUIET, **overrides})
+    return SFTTrainer(model=model, args=args, loss_chunk_size=chunk, data_collator=PaddingCollator(0))
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_loss_and_grads(model, trainer, batch):
+    model.zero_grad()
+    expected = model(**batch).loss
+    expected.backward()
+    expected_grads = grads(model)
+    model.zero_grad()
+    ours = trainer.compute_loss(model, batch)
+    ours.backward()
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    ours_grads = grads(model)
+    assert ours_grads.keys() == expected_grads.keys()
+    for name, g in expected_grads.items():
+        torch.testing.assert_close(ours_grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("chunk", [1, 5, 1024])
+def test_trainable_only_loss_matches_the_model_loss(model_type, layout, chunk, tmp_path):
+    model = tiny_model(model_type, VOCAB)
+    trainer = make_trainer(model, tmp_path, chunk)
+    assert trainer._parts is not None, "the fast loss must apply to plain llama/gpt2"
+    batch = (PackingCollator() if layout == "packed" else PaddingCollator(pad_token_id=0))(ROWS)
+    assert_same_loss_and_grads(model, trainer, batch)
+
+
+@functools.lru_cache(maxsize=None)
+def cached_model_and_trainer(model_type: str):
+    import tempfile
+    from pathlib import Path
+
+    model = tiny_model(model_type, VOCAB, seed=1)
+    return model, make_trainer(model, Path(tempfile.mkdtemp(prefix="sft-trainer-test-")), chunk=7)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    model_type=st.sampled_from(["llama", "gpt2"]),
+    packed=st.booleans(),
+    masks=st.lists(st.lists(st.booleans(), min_size=2, max_size=12), min_size=1, max_size=4),
+    seed=st.integers(0, 2**16),
+)
+def test_random_label_masks_match_the_model_loss(model_type, packed, masks, seed):
+    """Any pattern of trainable positions (holes, several spans), as long as one is trainable."""
+    model, trainer = cached_model_and_trainer(model_type)
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for mask in masks:
+        ids = torch.randint(3, VOCAB, (len(mask),), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": [t if keep else IGNORE_INDEX for t, keep in zip(ids, mask)]})
+    batch = (PackingCollator() if packed else PaddingCollator(pad_token_id=0))(rows)
+    if not (batch["labels"][:, 1:] != IGNORE_INDEX).any():
+        return  # nothing to learn: the model's own loss is NaN there
+    assert_same_loss_and_grads(model, trainer, batch)
+
+
+def test_chunked_cross_entropy_counts_correct_tokens_only_without_grad():
+    hidden = torch.randn(6, 4)
+    weight = torch.randn(10, 4)
+    targets = (hidden @ weight.T).argmax(-1)
+    targets[0] = (targets[0] + 1) % 10  # one wrong
+    loss, correct = ChunkedLinearCrossEntropy.apply(hidden, weight, None, targets, 4)
+    assert int(correct) == 5
+    expected = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    torch.testing.assert_close(loss, expected)
+
+
+def test_chunked_cross_entropy_gradients_with_bias():
+    """gradcheck in float64: the hand-written gradients are the true ones, bias included."""
+    torch.manual_seed(0)
+    hidden = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 7, (5,))
+
+    def loss_only(h, w, b):
+        # the fp32 accumulators cap precision, so compare against autograd at fp32 tolerance
+        return ChunkedLinearCrossEntropy.apply(h, w, b, targets, 2)[0]
+
+    ours = torch.autograd.grad(loss_only(hidden, weight, bias), (hidden, weight, bias))
+    reference = torch.nn.functional.cross_entropy(hidden @ weight.T + bias, targets, reduction="sum")
+    expected = torch.autograd.grad(reference, (hidden, weight, bias))
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)
+
+
+# --- loss normalisation across gradient accumulation, through the real Trainer --------------
+
+# Trainable-token counts 1, 2, 40, 3, 25, 1, 8, 30: a per-micro-batch mean would weight them wrongly.
+ACCUM_ROWS = rows_with_lengths([12, 5, 44, 9, 30, 4, 20, 33], [11, 3, 4, 6, 5, 3, 12, 3], seed=3)
+
+
+def one_step(tmp_path, batch: int, accum: int, chunk: int, packing: bool):
+    model = tiny_model("llama", VOCAB, seed=0)
+    config = SFTConfig(dataset="unused.jsonl", model_name="unused", output_dir=str(tmp_path / f"{batch}x{accum}"),
+                       batch_size=batch, gradient_accumulation_steps=accum, max_steps=1, loss_chunk_size=chunk,
+                       packing=packing, learning_rate=0.5, logging_steps=1, callbacks=[])
+    # SGD without clipping or decay: the update is -lr x gradient, so any normalisation error
+    # shows up in the parameters (AdamW's first step is ~ lr x sign(gradient) and would hide it).
+    args = to_training_arguments(config, optim="sgd", max_grad_norm=0.0, weight_decay=0.0, warmup_steps=0,
+                                 lr_scheduler_type="constant", **QUIET)
+    collator = PackingCollator() if packing else PaddingCollator(pad_token_id=0)
+    dataset = datasets.Dataset.from_list([{**r, "length": len(r["input_ids"])} for r in ACCUM_ROWS])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                         loss_chunk_size=chunk)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    assert trainer.state.global_step == 1
+    loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
+    update = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+    return loss, update
+
+
+@pytest.mark.parametrize("chunk,packing", [(1024, False), (3, True), (0, False), (0, True)],
+                         ids=["chunked-padded", "chunked-packed", "model-loss-padded", "model-loss-packed"])
+def test_accumulation_gives_the_same_loss_and_update(chunk, packing, tmp_path):
+    reference_loss, reference_update = one_step(tmp_path, 8, 1, chunk, packing)
+    assert any(u.abs().max() > 0 for u in reference_update.values())
+    for batch, accum in ((2, 4), (4, 2)):
+        loss, update = one_step(tmp_path, batch, accum, chunk, packing)
+        assert loss == pytest.approx(reference_loss, rel=1e-4), (batch, accum)
+        for name, u in reference_update.items():
+            torch.testing.assert_close(update[name], u, atol=1e-6, rtol=1e-4, msg=f"{batch}x{accum} {name}")
+
+
+def test_both_loss_paths_give_the_same_step(tmp_path):
+    fast_loss, fast_update = one_step(tmp_path / "fast", 2, 4, 16, False)
+    model_loss, model_update = one_step(tmp_path / "model", 2, 4, 0, False)
+    assert fast_loss == pytest.approx(model_loss, rel=1e-4)
+    for name, u in model_update.items():
+        torch.testing.assert_close(fast_update[name], u, atol=1e-6, rtol=1e-4, msg=name)
+
+
+# --- sampling -------------------------------------------------------------------------------
+
+def test_length_grouped_sampler_reshuffles_every_epoch(tmp_path):
+    """group_by_length batches similar lengths together but must not fix one order for all epochs."""
+    n = 64
+    rows = [{"input_ids": [3 + i] * (2 + i % 17), "labels": [3 + i] * (2 + i % 17)} for i in range(n)]
+    dataset = datasets.Dataset.from_list([{**r, "length": len(r["input_ids"])} for r in rows])
+    config = SFTConfig(dataset="unused.jsonl", model_name="unused", output_dir=str(tmp_path / "out"),
+                       batch_size=4, group_by_length=True, callbacks=[])
+    args = to_training_arguments(config, **QUIET)
+    assert args.train_sampling_strategy == "group_by_length"
+    trainer = SFTTrainer(model=tiny_model("llama", VOCAB), args=args, train_dataset=dataset,
+                         data_collator=PaddingCollator(pad_token_id=0))
+    loader = trainer.get_train_dataloader()
+
+    def epoch_order() -> list[int]:
+        return [row[0] - 3 for batch in loader for row in batch["input_ids"].tolist()]
+
+    first, second = epoch_order(), epoch_order()
+    assert sorted(first) == sorted(second) == list(range(n))  # every row once per epoch
+    assert first != second
+    # ...and batches really are grouped: far less padding than a random order would give.
+    widths = [batch["input_ids"].shape[1] * len(batch["input_ids"]) for batch in loader]
+    assert sum(widths) < 1.3 * sum(len(r["input_ids"]) for r in rows)
+
+
+def test_packing_turns_length_grouping_off(tmp_path):
+    config = SFTConfig(dataset="unused.jsonl", model_name="unused", output_dir=str(tmp_path / "out"),
+                       packing=True, group_by_length=True, callbacks=[])
+    assert to_training_arguments(config, **QUIET).train_sampling_strategy == "random"
