@@ -305,9 +305,11 @@ def sample_prompts(config: SFTConfig, tokenizer, data: Any) -> tuple[list[str], 
 def import_callback(path: str) -> TrainerCallback:
     """`my_pkg.module.MyCallback` -> an instance; one-line RecipeErrors for bad paths."""
     module_name, _, attr = path.rpartition(".")
+    if not module_name or module_name.startswith(".") or not attr:
+        raise RecipeError(f"recipe key 'callbacks': '{path}' is not an absolute dotted path like my_pkg.MyCallback")
     try:
         target = getattr(importlib.import_module(module_name), attr)
-    except ImportError as exc:
+    except (ImportError, ValueError, TypeError) as exc:
         raise RecipeError(f"recipe key 'callbacks': cannot import '{path}' ({exc})") from None
     except AttributeError:
         raise RecipeError(f"recipe key 'callbacks': module '{module_name}' has no attribute '{attr}'") from None

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from .errors import UserError
+from .errors import TrainingInterrupted, UserError
 
 EXIT_USER_ERROR = 2
 
@@ -39,6 +39,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .chat import setup_chat_template
     from .model import load_tokenizer
     from .preview import show_rows
     from .recipe import load_recipe
@@ -46,6 +47,7 @@ def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = load_recipe(args.recipe, overrides)
     tokenizer = load_tokenizer(config.resolved_tokenizer_name, config.trust_remote_code)
+    setup_chat_template(tokenizer, config)
     data = prepare_data(config, tokenizer)
     data.train.save_to_disk(os.path.join(args.output, "train"))
     data.eval.save_to_disk(os.path.join(args.output, "eval"))
@@ -72,8 +74,57 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     else:
         prompt, stops = format_prompt(dataset_format, args.text, args.input), None
     (answer,) = generate_answers(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
-                                 temperature=args.temperature, top_p=args.top_p, stop_token_ids=stops)
+                                 temperature=args.temperature, top_p=args.top_p, stop_token_ids=stops,
+                                 add_special_tokens=dataset_format != "messages")  # the template has BOS
     print(args.text + answer if args.raw else answer)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .chat import chat_loop
+    from .model import load_for_inference
+
+    reject_overrides(overrides)
+    model, tokenizer = load_for_inference(args.model_dir)
+    if tokenizer.chat_template is None:
+        raise UserError(f"{args.model_dir}: the saved tokenizer has no chat template; train with "
+                        "dataset_format: messages (and chat_template: chatml if the tokenizer has none)")
+    chat_loop(model, tokenizer, sys.stdin, sys.stdout, max_new_tokens=args.max_new_tokens,
+              temperature=args.temperature, top_p=args.top_p, system=args.system)
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .tokenizer_train import iter_corpus, train_bpe
+
+    reject_overrides(overrides)
+    tokenizer = train_bpe(iter_corpus(args.corpus), args.vocab_size, args.output, args.min_frequency)
+    print(f"trained a byte-level BPE of {len(tokenizer)} tokens on {args.corpus}; saved to {args.output}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    import json
+    from pathlib import Path
+
+    from .evaluation import RESULTS_FILENAME, evaluate_saved, write_results
+    from .recipe import RECIPE_FILENAME, load_recipe
+
+    recipe = args.recipe or Path(args.model_dir) / RECIPE_FILENAME
+    config = load_recipe(recipe, overrides)
+    metrics = evaluate_saved(args.model_dir, config)
+    path = write_results(metrics, args.output or Path(args.model_dir) / RESULTS_FILENAME)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    print(f"wrote {path}", flush=True)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .lora import merge_adapter
+
+    reject_overrides(overrides)
+    out = merge_adapter(args.adapter_dir, args.output)
+    print(f"merged model written to {out}", flush=True)
     return 0
 
 
@@ -108,13 +159,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling threshold (with temperature)")
     p.set_defaults(func=cmd_generate, takes_overrides=False)
 
+    p = sub.add_parser("chat", help="talk to a trained chat model in the terminal (/reset, /exit)")
+    p.add_argument("model_dir", help="a saved model directory trained on messages data, e.g. outputs/run/best")
+    p.add_argument("--system", default=None, help="a system message to start every conversation with")
+    p.add_argument("--max_new_tokens", type=int, default=256, help="generation length limit per answer")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling threshold (with temperature)")
+    p.set_defaults(func=cmd_chat, takes_overrides=False)
+
+    p = sub.add_parser("eval", help="evaluate a saved model on the recipe's held-out split",
+                       epilog=recipe_keys_help(), formatter_class=fmt)
+    p.add_argument("model_dir", help="a saved model or LoRA adapter directory, e.g. outputs/run/best")
+    p.add_argument("recipe", nargs="?", default=None,
+                   help="recipe YAML (default: the sft_recipe.yaml saved in model_dir)")
+    p.add_argument("--output", default=None, help="metrics JSON path (default: model_dir/eval_results.json)")
+    p.set_defaults(func=cmd_eval, takes_overrides=True)
+
+    p = sub.add_parser("merge", help="fold LoRA adapters into their base model and save a full model")
+    p.add_argument("adapter_dir", help="a saved LoRA adapter directory, e.g. outputs/run/best")
+    p.add_argument("--output", required=True, help="directory for the merged model")
+    p.set_defaults(func=cmd_merge, takes_overrides=False)
+
+    p = sub.add_parser("tokenizer", help="tokenizer tools (train)")
+    tok_sub = p.add_subparsers(dest="tokenizer_command", required=True)
+    p = tok_sub.add_parser("train", help="train a byte-level BPE tokenizer on a text corpus")
+    p.add_argument("corpus", help="a .txt file, or a directory of .txt files")
+    p.add_argument("--vocab_size", type=int, required=True, help="vocabulary size, special tokens included")
+    p.add_argument("--output", required=True, help="directory to save to (loads with AutoTokenizer)")
+    p.add_argument("--min_frequency", type=int, default=2, help="a pair must occur this often to be merged")
+    p.set_defaults(func=cmd_tokenizer_train, takes_overrides=False)
+
     return parser
 
 
 def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    # force: each call writes to the current sys.stdout (in-process callers and tests swap it)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Its "Failed to load JSON" line is replaced by data.py's diagnosis with a line number.
+    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
@@ -131,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"sft-recipe: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+    except TrainingInterrupted as exc:  # SIGTERM / Ctrl-C during training: a checkpoint was saved
+        if os.environ.get("RANK", "0") == "0":
+            print(f"sft-recipe: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("sft-recipe: interrupted", file=sys.stderr)
         return 130

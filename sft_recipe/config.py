@@ -8,6 +8,7 @@ rare knobs go through the `training_args` pass-through mapping.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import sys
 from dataclasses import dataclass, field
@@ -54,6 +55,11 @@ class SFTConfig:
         default=0.1, metadata={"help": "Share of rows (of tokens, for text) held out for evaluation."}
     )
     max_examples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate on a fixed, seeded sample of at most N held-out rows (blocks, for text): "
+                          "cheaper evaluations, e.g. the tutorial's eval_iters x batch_size."},
+    )
     max_length: int = field(default=512, metadata={"help": "Longest tokenized row; block size for text."})
     chat_template: str | None = field(
         default=None, metadata={"help": "A .jinja file or a built-in name (chatml) for messages data."}
@@ -74,7 +80,9 @@ class SFTConfig:
         metadata={"help": "Padding-free batches: rows concatenated, position_ids restart per row."},
     )
     group_by_length: bool = field(
-        default=True, metadata={"help": "Batch rows of similar length together (padded path)."}
+        default=False,
+        metadata={"help": "Batch rows of similar length together (padded path): less padding, but batches of "
+                          "one length are often one kind of row, which can slow learning a lot."},
     )
     pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad batch length to a multiple of N."})
 
@@ -100,6 +108,11 @@ class SFTConfig:
     logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
     eval_steps: int = field(default=100, metadata={"help": "Evaluate every N optimizer steps."})
     eval_on_start: bool = field(default=False, metadata={"help": "Also evaluate before the first step."})
+    eval_train_sample: bool | None = field(
+        default=None,
+        metadata={"help": "At each eval, also report the loss on a fixed, seeded sample of training rows "
+                          "(as many as eval rows, at most 1024) as train_sample_loss; default: on for text."},
+    )
     save_steps: int = field(default=100, metadata={"help": "Checkpoint every N steps (a multiple of eval_steps)."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints (best is kept)."})
     output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints and best/ go."})
@@ -111,9 +124,10 @@ class SFTConfig:
     max_new_tokens: int = field(default=128, metadata={"help": "Generation length for generation_eval_samples."})
 
     callbacks: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Callbacks: built-in names (samples, early_stopping, loss_curve, throughput, nan_guard) "
-                          "or dotted import paths of TrainerCallback classes."},
+        default_factory=lambda: list(DEFAULT_CALLBACKS),
+        metadata={"help": "Callbacks: built-in names (nan_guard, throughput, loss_curve, samples, early_stopping) "
+                          "or dotted import paths of TrainerCallback classes; replaces the default list "
+                          "[nan_guard, throughput, loss_curve]."},
     )
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after N evaluations without eval-loss improvement."}
@@ -152,8 +166,8 @@ class SFTConfig:
                      "save_steps"):
             if getattr(self, name) <= 0:
                 raise RecipeError(f"recipe key '{name}' must be > 0, got {getattr(self, name)}")
-        for name in ("eval_batch_size", "max_examples", "max_steps", "num_proc", "pad_to_multiple_of",
-                     "save_total_limit"):
+        for name in ("eval_batch_size", "max_examples", "max_eval_samples", "max_steps", "num_proc",
+                     "pad_to_multiple_of", "save_total_limit"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise RecipeError(f"recipe key '{name}' must be > 0, got {value}")
@@ -173,11 +187,38 @@ class SFTConfig:
                 f"recipe key 'save_steps' ({self.save_steps}) must be a multiple of 'eval_steps' "
                 f"({self.eval_steps}) so that the best checkpoint can be kept"
             )
+        for name in self.callbacks:
+            if name not in BUILTIN_CALLBACKS and "." not in name:
+                close = difflib.get_close_matches(name, BUILTIN_CALLBACKS, n=1, cutoff=0.6)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise RecipeError(f"recipe key 'callbacks': unknown callback '{name}'{hint}; built-in: "
+                                  f"{', '.join(BUILTIN_CALLBACKS)}, or a dotted path like my_pkg.MyCallback")
+        if self.early_stopping_patience is not None and self.early_stopping_patience <= 0:
+            raise RecipeError(f"recipe key 'early_stopping_patience' must be > 0, got {self.early_stopping_patience}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise RecipeError("push_to_hub: true needs 'hub_model_id' (e.g. your-name/model-name)")
+        if self.lora is not None:
+            from .lora import check_lora
+
+            if self.from_scratch:
+                raise RecipeError("recipe key 'lora' needs a pretrained model_name; from_scratch trains all weights")
+            check_lora(self.lora)
         overlap = sorted(set(self.training_args) & MAPPED_TRAINING_ARGS)
         if overlap:
             raise RecipeError(
                 f"'training_args' sets {overlap}, which the recipe maps itself; set the recipe keys instead"
             )
+        secrets = sorted(k for k in self.training_args if is_secret_key(k))
+        if secrets:
+            # Trainer pickles its arguments into every checkpoint (training_args.bin).
+            raise RecipeError(
+                f"'training_args' sets {secrets}: credentials would be saved with every checkpoint; "
+                f"use the HF_TOKEN environment variable or `hf auth login` instead"
+            )
+
+    @property
+    def resolved_eval_train_sample(self) -> bool:
+        return self.dataset_format == "text" if self.eval_train_sample is None else self.eval_train_sample
 
     @property
     def resolved_tokenizer_name(self) -> str:
@@ -185,6 +226,15 @@ class SFTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Built-in callbacks (sft_recipe/callbacks.py), and the ones a recipe gets when it names none.
+BUILTIN_CALLBACKS = ("nan_guard", "throughput", "loss_curve", "samples", "early_stopping")
+DEFAULT_CALLBACKS = ("nan_guard", "throughput", "loss_curve")
+
+def is_secret_key(key: str) -> bool:
+    """`hub_token`, `token`, ...: the same rule `TrainingArguments.to_dict` uses to mask values."""
+    return key == "token" or key.endswith("_token")
 
 
 # TrainingArguments fields that `to_training_arguments` sets from recipe keys.
@@ -195,15 +245,16 @@ MAPPED_TRAINING_ARGS = frozenset({
     "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model",
     "greater_is_better", "report_to", "train_sampling_strategy", "bf16", "fp16", "torch_compile",
     "remove_unused_columns", "use_cache", "average_tokens_across_devices", "include_num_input_tokens_seen",
-    "tf32", "optim", "dataloader_pin_memory", "disable_tqdm",
+    "tf32", "optim", "dataloader_pin_memory", "disable_tqdm", "use_cpu", "logging_nan_inf_filter",
 })
 
 # Recipe keys consumed before training (data, model, generation), never by TrainingArguments.
 NOT_TRAINING_ARGS = frozenset({
     "model_name", "tokenizer_name", "from_scratch", "model_config", "trust_remote_code", "attn_implementation",
     "dataset", "dataset_format", "dataset_config", "dataset_split", "eval_fraction", "max_examples",
+    "max_eval_samples",
     "max_length", "chat_template", "train_on", "num_proc", "packing", "pad_to_multiple_of",
-    "loss_chunk_size", "generation_eval_samples", "max_new_tokens", "training_args", "callbacks",
+    "loss_chunk_size", "generation_eval_samples", "max_new_tokens", "training_args", "callbacks", "eval_train_sample",
     "early_stopping_patience", "sample_prompts", "overwrite_output_dir", "push_to_hub", "hub_model_id", "lora",
 })
 
@@ -251,7 +302,9 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
         greater_is_better=False,
         report_to=list(config.report_to) or "none",
         # Length grouping only pays on the padded path; packed batches carry no padding.
-        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
+        # Text blocks all have the same length: grouping would only cost a pass over the dataset.
+        train_sampling_strategy="group_by_length"
+        if config.group_by_length and not config.packing and config.dataset_format != "text" else "random",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         torch_compile=config.torch_compile,
@@ -266,8 +319,12 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
         tf32=True if on_gpu and torch.cuda.get_device_capability()[0] >= 8 else None,
         optim="adamw_torch_fused" if on_gpu else "adamw_torch",
         dataloader_pin_memory=on_gpu,
+        # Say CPU explicitly when there is no accelerator, so that bf16 on CPU is accepted.
+        use_cpu=not on_gpu and not torch.backends.mps.is_available(),
         # Progress bars for people; one log line per logging step for files and CI.
         disable_tqdm=not sys.stderr.isatty(),
+        # Log a NaN/Inf loss as it is (the Trainer would hide it) so the nan_guard callback can stop.
+        logging_nan_inf_filter=False,
     )
     assert set(mapped) == MAPPED_TRAINING_ARGS, set(mapped) ^ MAPPED_TRAINING_ARGS
     mapped.update(config.training_args)

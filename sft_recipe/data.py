@@ -65,6 +65,8 @@ def load_source(source: str, config: SFTConfig):
                 raise DataError(f"{source}: unsupported file type '{path.suffix}' (use one of "
                                 f"{', '.join(sorted(LOCAL_BUILDERS))})")
             kwargs = {"keep_linebreaks": True} if builder == "text" else {}
+            if builder == "json":
+                reject_null_lines(path)
             return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
         if path.is_dir():
             return datasets.load_dataset(str(path), split=config.dataset_split)
@@ -76,6 +78,21 @@ def load_source(source: str, config: SFTConfig):
             diagnose_json(path, config.dataset_format)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{source}: could not load dataset: {first_line}") from None
+
+
+def reject_null_lines(path: Path) -> None:
+    """A JSON line that is a bare `null` crashes pyarrow's JSON reader (a segfault, no exception),
+    so look for one first; a regex over the memory-mapped file costs little even for large files."""
+    import mmap
+    import re
+
+    if path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        match = re.search(rb"^[ \t\r]*null[ \t\r]*$", data, re.MULTILINE)
+        if match:
+            lineno = data[:match.start()].count(b"\n") + 1
+            raise DataError(f"{path}: line {lineno}: expected a JSON object, got null")
 
 
 def iter_json_rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -143,20 +160,21 @@ def normalise(dataset, dataset_format: str, source: str):
     if dataset_format == "text":
         check_strings(dataset, ("text",), source, allow_null=())
         return dataset.select_columns(["text"])
+    # A `map` (not a new in-memory Dataset) keeps the rows backed by the datasets cache, so the
+    # tokenization after it is cached too: under `main_process_first` the other ranks reuse it.
     if dataset_format == "alpaca":
         optional = [c for c in OPTIONAL_STRING_COLUMNS["alpaca"] if c in columns]
         check_strings(dataset, ("instruction", "output", *optional), source, allow_null=("input",))
-        prompt = [
-            alpaca_prompt(ins, inp)
-            for ins, inp in zip(dataset["instruction"], dataset["input"] if optional else [""] * len(dataset))
-        ]
-        completion = dataset["output"]
-    else:
-        check_strings(dataset, ("prompt", "completion"), source, allow_null=())
-        prompt, completion = dataset["prompt"], dataset["completion"]
-    import datasets
+        return dataset.map(alpaca_to_prompt_completion, batched=True, remove_columns=dataset.column_names,
+                           desc="Formatting")
+    check_strings(dataset, ("prompt", "completion"), source, allow_null=())
+    return dataset.select_columns(["prompt", "completion"])
 
-    return datasets.Dataset.from_dict({"prompt": prompt, "completion": completion})
+
+def alpaca_to_prompt_completion(batch: dict[str, list]) -> dict[str, list]:
+    inputs = batch.get("input") or [""] * len(batch["instruction"])
+    return {"prompt": [alpaca_prompt(ins, inp) for ins, inp in zip(batch["instruction"], inputs)],
+            "completion": batch["output"]}
 
 
 def check_strings(dataset, keys: tuple[str, ...], source: str, allow_null: tuple[str, ...]) -> None:

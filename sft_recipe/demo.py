@@ -20,6 +20,7 @@ from .errors import UserError
 DEMO_ROWS = 6000
 DEMO_SEED = 1234
 DEMO_VOCAB = 640
+DEMO_VERSION = 2  # bump when the generator changes, so cached files are rebuilt
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "ocean", "candle", "forest",
          "rocket", "garden", "silver", "window", "dragon", "pepper"]
@@ -69,9 +70,23 @@ TASKS: list[Callable[[random.Random], dict[str, str]]] = [
 
 
 def make_rows(n: int = DEMO_ROWS, seed: int = DEMO_SEED) -> list[dict[str, str]]:
-    """`n` generated rows, cycling through the task kinds; deterministic for a seed."""
+    """`n` distinct generated rows, cycling through the task kinds; deterministic for a seed.
+
+    Rows are distinct so that a held-out split really is held out; task kinds with few
+    possible rows (the next day has 7) simply stop contributing once exhausted.
+    """
     rng = random.Random(seed)
-    return [TASKS[i % len(TASKS)](rng) for i in range(n)]
+    rows: list[dict[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    attempts = 0
+    while len(rows) < n and attempts < 50 * n:
+        row = TASKS[attempts % len(TASKS)](rng)
+        attempts += 1
+        key = (row["instruction"], row["input"])
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
+    return rows
 
 
 def cache_dir() -> Path:
@@ -104,7 +119,7 @@ def materialise_dataset(name: str) -> Path:
     def write(tmp: Path) -> None:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in make_rows()), encoding="utf-8")
 
-    return _write_atomically(cache_dir() / f"tasks-{DEMO_ROWS}-{DEMO_SEED}.jsonl", write)
+    return _write_atomically(cache_dir() / f"tasks-v{DEMO_VERSION}-{DEMO_ROWS}-{DEMO_SEED}.jsonl", write)
 
 
 def materialise_tokenizer(name: str) -> Path:
@@ -119,4 +134,4 @@ def materialise_tokenizer(name: str) -> Path:
         texts += [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in make_rows()]
         train_bpe(texts, vocab_size=DEMO_VOCAB, output_dir=tmp)
 
-    return _write_atomically(cache_dir() / f"tasks-bpe-{DEMO_VOCAB}", write)
+    return _write_atomically(cache_dir() / f"tasks-bpe-v{DEMO_VERSION}-{DEMO_VOCAB}", write)

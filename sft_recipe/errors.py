@@ -16,3 +16,13 @@ class RecipeError(UserError):
 
 class DataError(UserError):
     """Invalid data: malformed file, missing column, bad field, nothing left to train on."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint; the CLI exits with `exit_code`
+    (128 + the signal number, the shell convention)."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -13,13 +13,15 @@ from .tokenize import prompt_ids_without_eos
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
                      temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
-                     stop_token_ids: list[int] | None = None) -> list[str]:
+                     stop_token_ids: list[int] | None = None, add_special_tokens: bool = True) -> list[str]:
     """Complete each prompt; only the new text is returned, cut at EOS (or `stop_token_ids`).
 
     Prompts are tokenized exactly as in training (see `tokenize.prompt_ids_without_eos`) and
-    left-padded, so batched answers equal one-by-one answers.
+    left-padded, so batched answers equal one-by-one answers. Rendered chat prompts already hold
+    the template's BOS: pass `add_special_tokens=False` for them, as in training.
     """
-    encode = prompt_ids_without_eos(tokenizer)
+    encode = prompt_ids_without_eos(tokenizer) if add_special_tokens else \
+        (lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"])
     stops = stop_token_ids or [tokenizer.eos_token_id]
     was_training = model.training
     model.eval()

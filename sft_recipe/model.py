@@ -38,12 +38,15 @@ def load_model(config: SFTConfig, tokenizer):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     precision = resolve_precision(config.precision)
-    dtype = torch.bfloat16 if precision == "bf16" and config.lora else torch.float32
+    dtype = torch.bfloat16 if precision == "bf16" and config.lora is not None else torch.float32
     attn = config.attn_implementation or default_attention()
     if config.from_scratch:
         kwargs = dict(config.model_config or {})
         model_type = kwargs.pop("model_type")
         kwargs.setdefault("vocab_size", len(tokenizer))
+        if kwargs["vocab_size"] < len(tokenizer):  # e.g. a chat template added special tokens
+            raise UserError(f"model_config: vocab_size {kwargs['vocab_size']} is smaller than the tokenizer's "
+                            f"{len(tokenizer)} tokens; leave vocab_size out to use the tokenizer's")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             kwargs.setdefault(name, getattr(tokenizer, name) or tokenizer.eos_token_id)
         try:
@@ -55,10 +58,13 @@ def load_model(config: SFTConfig, tokenizer):
         return model
     name = config.model_name
     assert name is not None
+    from .lora import quantization_config
+
+    quantized = quantization_config(config.lora)  # QLoRA: 4-bit base weights, or None
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=dtype, attn_implementation=attn, use_safetensors=True,
-            trust_remote_code=config.trust_remote_code,
+            trust_remote_code=config.trust_remote_code, quantization_config=quantized,
         )
     except (OSError, ValueError) as exc:
         raise UserError(f"{name}: cannot load model ({_first_line(exc)})") from None

@@ -15,7 +15,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .config import SFTConfig
+from .config import SFTConfig, is_secret_key
 from .errors import RecipeError
 
 RECIPE_FILENAME = "sft_recipe.yaml"  # the resolved recipe saved beside every checkpoint
@@ -158,7 +158,7 @@ def save_recipe(config: SFTConfig, directory: str | Path) -> Path:
     look like credentials are dropped.
     """
     data = config.to_dict()
-    data["training_args"] = {k: v for k, v in data["training_args"].items() if "token" not in k.lower()}
+    data["training_args"] = {k: v for k, v in data["training_args"].items() if not is_secret_key(k)}
     path = Path(directory) / RECIPE_FILENAME
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path

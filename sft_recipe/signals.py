@@ -23,17 +23,10 @@ from typing import Iterator
 
 from transformers import TrainerCallback
 
+from .errors import TrainingInterrupted
+
 log = logging.getLogger("sft_recipe")
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint; the CLI exits with `exit_code`."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
-        self.exit_code = 128 + signum
 
 
 class StopOnSignal(TrainerCallback):

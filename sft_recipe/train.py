@@ -37,7 +37,7 @@ def prepare_data(config: SFTConfig, tokenizer) -> PreparedData:
                                                   add_eos=add_eos, num_proc=config.num_proc)
         return PreparedData(train, eval_, None, {k: v.to_dict() for k, v in split_stats.items()})
     train_raw, eval_raw = split_rows(raw, config.eval_fraction, config.seed, source)
-    if config.dataset_format == "messages":
+    if "messages" in train_raw.column_names:  # also prompt/completion given as message lists
         from .chat import tokenize_messages
 
         tokenized = {name: tokenize_messages(part, tokenizer, config)
@@ -69,77 +69,117 @@ def describe_stats(stats: dict[str, Any]) -> str:
 
 def train(config: SFTConfig) -> dict[str, Any]:
     """Run the recipe; returns the final metrics. Writes `output_dir/best` on the main process."""
-    from .callbacks import build_callbacks
+    from .callbacks import build_callbacks, finish_reporting, loggers_last
+    from .chat import setup_chat_template
     from .collate import make_collator
     from .model import load_model, load_tokenizer
-    from .save import prepare_output_dir, save_best
+    from .pretrain_eval import TrainValidTable, fixed_sample, sample_train_rows
+    from .save import CheckpointCompleteCallback, disk_errors, prepare_output_dir, save_best
+    from .signals import StopOnSignal
     from .trainer import SFTTrainer
 
     # 1. setup: arguments first, because they initialise the (possibly distributed) state
     args = to_training_arguments(config)
     resume_from = prepare_output_dir(config, args)
-    tokenizer = load_tokenizer(config.resolved_tokenizer_name, config.trust_remote_code)
 
     # 2. data: tokenized once, on the main process first; the other processes read its cache
     with args.main_process_first(desc="preprocessing"):
+        tokenizer = load_tokenizer(config.resolved_tokenizer_name, config.trust_remote_code)
+        setup_chat_template(tokenizer, config)  # may add tokens: before the model gets its embeddings
         data = prepare_data(config, tokenizer)
     log.info("data: %s", describe_stats(data.stats))
 
-    # 3. model and trainer
+    # 3. model and trainer (seeded first: from-scratch weights must not depend on what ran before)
+    from transformers import set_seed
+
+    set_seed(config.seed)
     model = load_model(config, tokenizer)
-    if config.lora:
+    if config.lora is not None:  # `lora: {}` means LoRA with the defaults
         from .lora import wrap_lora
 
         model = wrap_lora(model, config.lora)
     collator = make_collator(config.packing, tokenizer.pad_token_id, config.pad_to_multiple_of,
                              flash_attention=model.config._attn_implementation == "flash_attention_2")
+    # Evaluation rows, and for the train/valid table as many fixed training rows scored the same way
+    eval_rows = fixed_sample(data.eval, config.max_eval_samples, config.seed) if config.max_eval_samples \
+        else data.eval
+    train_sample = sample_train_rows(data.train, len(eval_rows), config.seed) \
+        if config.resolved_eval_train_sample else None
+    table = [TrainValidTable()] if train_sample is not None else []
+    stop = StopOnSignal()  # SIGTERM / Ctrl-C: save at the next step end, then exit non-zero
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval, data_collator=collator,
-        processing_class=tokenizer, callbacks=build_callbacks(config, tokenizer, data),
-        loss_chunk_size=config.loss_chunk_size,
+        model=model, args=args, train_dataset=data.train, eval_dataset=eval_rows, data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[*build_callbacks(config, tokenizer, data), *table, CheckpointCompleteCallback(), stop],
+        loss_chunk_size=config.loss_chunk_size, train_sample=train_sample,
     )
+    loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
 
     # 4. train (resuming if a complete checkpoint exists), then evaluate the best model
     before = generation_check(config, trainer, tokenizer, data, "untrained") if config.generation_eval_samples \
         else None
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    with disk_errors(config), stop.handling_signals():
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    stop.raise_if_stopped(config.output_dir)
     metrics = trainer.evaluate()
     if config.generation_eval_samples:
-        metrics.update(generation_check(config, trainer, tokenizer, data, "trained", before))
+        generated = generation_check(config, trainer, tokenizer, data, "trained", before)
+        trainer.log(generated)  # to wandb / tensorboard as eval/exact_match, eval/rouge_l
+        metrics.update(generated)
 
     # 5. save: metrics, state, best/ (model, tokenizer, recipe, card)
-    trainer.save_metrics("train", {**result.metrics, **{f"data_{k}": v for k, v in data.stats.items()}})
-    trainer.save_metrics("eval", metrics)
-    trainer.save_state()
-    save_best(trainer, config, metrics)
+    with disk_errors(config):
+        trainer.save_metrics("train", {**result.metrics, **{f"data_{k}": v for k, v in data.stats.items()}})
+        trainer.save_metrics("eval", metrics)
+        trainer.save_state()
+        best = save_best(trainer, config, metrics)
+    if config.push_to_hub and trainer.is_world_process_zero():
+        from .hub import push_best
+
+        push_best(best, config)
+    finish_reporting(config)
     return metrics
 
 
 def generation_check(config: SFTConfig, trainer, tokenizer, data: PreparedData, label: str,
                      before: dict[str, float] | None = None) -> dict[str, float]:
-    """Greedy answers for held-out prompts, scored by exact match; printed as a small table."""
-    from .generate import exact_match, generate_answers
+    """Greedy answers for held-out prompts, scored by exact match and ROUGE-L (`sft_recipe.metrics`,
+    loaded with `evaluate`); printed as a small table."""
+    from .generate import generate_answers, normalise_answer
+    from .metrics import score_generations
 
-    if data.eval_raw is None or "prompt" not in data.eval_raw.column_names:
+    if data.eval_raw is None:
         return {}
     rows = data.eval_raw.select(range(min(config.generation_eval_samples, len(data.eval_raw))))
-    answers = generate_answers(trainer.model, tokenizer, rows["prompt"], max_new_tokens=config.max_new_tokens)
-    score = exact_match(answers, rows["completion"])
+    chat_kwargs: dict[str, Any] = {}
+    if "messages" in rows.column_names:  # answer each conversation's last user turn
+        from .chat import last_turn_prompts
+
+        rows, chat_kwargs = last_turn_prompts(rows, tokenizer)
+    if "prompt" not in rows.column_names or len(rows) == 0:
+        return {}
+    answers = generate_answers(trainer.model, tokenizer, rows["prompt"], max_new_tokens=config.max_new_tokens,
+                               **chat_kwargs)
+    scores = score_generations(answers, rows["completion"])
     if trainer.is_world_process_zero():
         if label == "trained":
             for prompt, answer, ref in list(zip(rows["prompt"], answers, rows["completion"]))[:8]:
-                mark = "ok " if exact_match([answer], [ref]) else "BAD"
+                mark = "ok " if normalise_answer(answer) == normalise_answer(ref) else "BAD"
                 print(f"  [{mark}] {short_prompt(prompt)!r} -> {answer!r}")
-        msg = f"exact match on {len(rows)} held-out prompts ({label}): {score:.1%}"
+        msg = (f"exact match on {len(rows)} held-out prompts ({label}): {scores['eval_exact_match']:.1%}, "
+               f"ROUGE-L {scores['eval_rouge_l']:.3f}")
         if before:
-            msg += f"  (untrained model: {before['eval_exact_match']:.1%})"
+            msg += f"  (untrained model: {before['eval_exact_match']:.1%}, {before['eval_rouge_l']:.3f})"
         print(msg, flush=True)
-    return {"eval_exact_match": score}
+    return scores
 
 
 def short_prompt(prompt: str) -> str:
     """The instruction of an Alpaca prompt (the template's boilerplate hides it), else the prompt."""
-    if "### Instruction:\n" in prompt:
-        return prompt.split("### Instruction:\n", 1)[1].split("\n\n### ", 1)[0]
-    return prompt.strip()
+    if "### Instruction:\n" not in prompt:
+        return prompt.strip()
+    instruction = prompt.split("### Instruction:\n", 1)[1].split("\n\n### ", 1)[0]
+    if "### Input:\n" in prompt:
+        instruction += " | input: " + prompt.split("### Input:\n", 1)[1].split("\n\n### ", 1)[0]
+    return instruction
 

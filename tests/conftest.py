@@ -73,7 +73,7 @@ def bpe_tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def bpe_tokenizer(bpe_tokenizer_dir):
     from sft_recipe.model import load_tokenizer
 

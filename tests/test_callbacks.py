@@ -79,6 +79,9 @@ def test_user_callback_by_dotted_path():
     ("test_callbacks.Missing", "module 'test_callbacks' has no attribute 'Missing'"),
     ("test_callbacks.config", "is not a transformers.TrainerCallback subclass"),
     ("test_callbacks.NeedsArguments", "must be constructible with no arguments"),
+    (".Relative", "is not an absolute dotted path"),
+    ("..pkg.Relative", "is not an absolute dotted path"),
+    ("pkg..Double", "cannot import 'pkg..Double'"),
 ])
 def test_bad_callback_paths_are_one_line_recipe_errors(path, message):
     with pytest.raises(RecipeError, match=message) as info:
