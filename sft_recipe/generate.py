@@ -49,11 +49,3 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
 
 def normalise_answer(text: str) -> str:
     return " ".join(text.split())
-
-
-def exact_match(predictions: list[str], references: list[str]) -> float:
-    """Share of answers equal to the reference up to whitespace."""
-    if not references:
-        return 0.0
-    hits = sum(normalise_answer(p) == normalise_answer(r) for p, r in zip(predictions, references))
-    return hits / len(references)

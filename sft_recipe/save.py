@@ -140,7 +140,3 @@ def save_best(trainer, config: SFTConfig, metrics: dict[str, Any]) -> Path:
     trainer.accelerator.wait_for_everyone()
     log.info("best model (eval_loss %.4f) saved to %s", metrics.get("eval_loss", float("nan")), best)
     return best
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0

@@ -69,14 +69,10 @@ def describe_stats(stats: dict[str, Any]) -> str:
 
 def train(config: SFTConfig) -> dict[str, Any]:
     """Run the recipe; returns the final metrics. Writes `output_dir/best` on the main process."""
-    from .callbacks import build_callbacks, finish_reporting, loggers_last
+    from .callbacks import finish_reporting
     from .chat import setup_chat_template
-    from .collate import make_collator
-    from .model import load_model, load_tokenizer
-    from .pretrain_eval import TrainValidTable, fixed_sample, sample_train_rows
-    from .save import CheckpointCompleteCallback, disk_errors, prepare_output_dir, save_best
-    from .signals import StopOnSignal
-    from .trainer import SFTTrainer
+    from .model import load_tokenizer
+    from .save import disk_errors, prepare_output_dir, save_best
 
     # 1. setup: arguments first, because they initialise the (possibly distributed) state
     args = to_training_arguments(config)
@@ -89,31 +85,8 @@ def train(config: SFTConfig) -> dict[str, Any]:
         data = prepare_data(config, tokenizer)
     log.info("data: %s", describe_stats(data.stats))
 
-    # 3. model and trainer (seeded first: from-scratch weights must not depend on what ran before)
-    from transformers import set_seed
-
-    set_seed(config.seed)
-    model = load_model(config, tokenizer)
-    if config.lora is not None:  # `lora: {}` means LoRA with the defaults
-        from .lora import wrap_lora
-
-        model = wrap_lora(model, config.lora)
-    collator = make_collator(config.packing, tokenizer.pad_token_id, config.pad_to_multiple_of,
-                             flash_attention=model.config._attn_implementation == "flash_attention_2")
-    # Evaluation rows, and for the train/valid table as many fixed training rows scored the same way
-    eval_rows = fixed_sample(data.eval, config.max_eval_samples, config.seed) if config.max_eval_samples \
-        else data.eval
-    train_sample = sample_train_rows(data.train, len(eval_rows), config.seed) \
-        if config.resolved_eval_train_sample else None
-    table = [TrainValidTable()] if train_sample is not None else []
-    stop = StopOnSignal()  # SIGTERM / Ctrl-C: save at the next step end, then exit non-zero
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=data.train, eval_dataset=eval_rows, data_collator=collator,
-        processing_class=tokenizer,
-        callbacks=[*build_callbacks(config, tokenizer, data), *table, CheckpointCompleteCallback(), stop],
-        loss_chunk_size=config.loss_chunk_size, train_sample=train_sample,
-    )
-    loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
+    # 3. model and trainer
+    trainer, stop = build_trainer(config, args, tokenizer, data)
 
     # 4. train (resuming if a complete checkpoint exists), then evaluate the best model
     before = generation_check(config, trainer, tokenizer, data, "untrained") if config.generation_eval_samples \
@@ -139,6 +112,44 @@ def train(config: SFTConfig) -> dict[str, Any]:
         push_best(best, config)
     finish_reporting(config)
     return metrics
+
+
+def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData):
+    """The model (seeded first: from-scratch weights must not depend on what ran before), its
+    collator, the evaluation rows and the callbacks, as one `SFTTrainer`; and the signal handler."""
+    from transformers import set_seed
+
+    from .callbacks import build_callbacks, loggers_last
+    from .collate import make_collator
+    from .model import load_model
+    from .pretrain_eval import TrainValidTable, fixed_sample, sample_train_rows
+    from .save import CheckpointCompleteCallback
+    from .signals import StopOnSignal
+    from .trainer import SFTTrainer
+
+    set_seed(config.seed)
+    model = load_model(config, tokenizer)
+    if config.lora is not None:  # `lora: {}` means LoRA with the defaults
+        from .lora import wrap_lora
+
+        model = wrap_lora(model, config.lora)
+    collator = make_collator(config.packing, tokenizer.pad_token_id, config.pad_to_multiple_of,
+                             flash_attention=model.config._attn_implementation == "flash_attention_2")
+    # Evaluation rows, and for the train/valid table as many fixed training rows scored the same way
+    eval_rows = fixed_sample(data.eval, config.max_eval_samples, config.seed) if config.max_eval_samples \
+        else data.eval
+    train_sample = sample_train_rows(data.train, len(eval_rows), config.seed) \
+        if config.resolved_eval_train_sample else None
+    table = [TrainValidTable()] if train_sample is not None else []
+    stop = StopOnSignal()  # SIGTERM / Ctrl-C: save at the next step end, then exit non-zero
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=data.train, eval_dataset=eval_rows, data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[*build_callbacks(config, tokenizer, data), *table, CheckpointCompleteCallback(), stop],
+        loss_chunk_size=config.loss_chunk_size, train_sample=train_sample,
+    )
+    loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
+    return trainer, stop
 
 
 def generation_check(config: SFTConfig, trainer, tokenizer, data: PreparedData, label: str,
