@@ -48,4 +48,5 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
 
 
 def normalise_answer(text: str) -> str:
+    """Whitespace-insensitive form of an answer: the rule exact match scores by."""
     return " ".join(text.split())

@@ -109,26 +109,7 @@ def map_rows(dataset, encode: Callable[[dict[str, list]], dict[str, list]], num_
     return dataset.map(
         encode, batched=True, remove_columns=dataset.column_names,
         num_proc=resolve_num_proc(num_proc, len(dataset)), desc="Tokenizing",
-        cache_file_name=in_memory_cache_file(dataset, encode),
     )
-
-
-def in_memory_cache_file(dataset, encode: Callable) -> str | None:
-    """A cache file for mapping an in-memory dataset (rows normalised by data.py), else None.
-
-    `datasets` caches a map next to the input's Arrow files; an in-memory dataset has none, so
-    every run would tokenize again. Its fingerprint hashes the rows, and `Hasher` hashes the
-    function with what it closes over (tokenizer, max_length), so the name changes exactly when
-    the data, the tokenizer or the code does.
-    """
-    if dataset.cache_files:
-        return None
-    import datasets
-    from datasets.fingerprint import Hasher
-
-    directory = os.path.join(datasets.config.HF_DATASETS_CACHE, "sft_recipe")
-    os.makedirs(directory, exist_ok=True)
-    return os.path.join(directory, f"tokenized-{Hasher.hash([dataset._fingerprint, encode])}.arrow")
 
 
 def row_stats(raw_rows: int, tokenized) -> TokenStats:

@@ -8,6 +8,8 @@ stripping the ends, so a trailing newline in a generation is not a miss.
 import datasets
 import evaluate
 
+from sft_recipe.generate import normalise_answer
+
 _DESCRIPTION = "Share of predictions equal to their reference after whitespace normalisation."
 _KWARGS_DESCRIPTION = """
 Args:
@@ -20,10 +22,6 @@ Examples:
     >>> metric.compute(predictions=["a  b", "c"], references=["a b\\n", "d"])  # doctest: +SKIP
     {'exact_match': 0.5}
 """
-
-
-def normalise(text: str) -> str:
-    return " ".join(text.split())
 
 
 class ExactMatch(evaluate.Metric):
@@ -39,5 +37,5 @@ class ExactMatch(evaluate.Metric):
     def _compute(self, predictions, references):
         if not references:
             return {"exact_match": 0.0}
-        hits = sum(normalise(p) == normalise(r) for p, r in zip(predictions, references))
+        hits = sum(normalise_answer(p) == normalise_answer(r) for p, r in zip(predictions, references))
         return {"exact_match": hits / len(references)}
