@@ -79,6 +79,9 @@ def main(argv=None) -> None:
     parser.add_argument("--max_length", type=int, default=2048, help="Longest row; lengths are uniform in [64, max].")
     parser.add_argument("--peak_tflops", type=float, help="The GPU's dense bf16 peak; default: from its name.")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (the recipe's torch_compile).")
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="The recipe's default; off here because MFU counts the model's FLOPs only, "
+                             "and the recomputed forward would be uncounted work (a 0.5B model fits without it).")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("mfu.py measures a GPU; none is available")
@@ -102,7 +105,8 @@ def main(argv=None) -> None:
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **kwargs),
                                              attn_implementation=default_attention(), dtype=torch.float32)
     config = SFTConfig(dataset="synthetic", model_name="synthetic", batch_size=args.batch, packing=True,
-                       max_steps=args.steps, learning_rate=1e-4, torch_compile=args.compile, callbacks=[])
+                       max_steps=args.steps, learning_rate=1e-4, torch_compile=args.compile, callbacks=[],
+                       gradient_checkpointing=args.gradient_checkpointing)
     training_args = to_training_arguments(config, eval_strategy="no", save_strategy="no",
                                           load_best_model_at_end=False, report_to="none", output_dir="/tmp/mfu",
                                           train_sampling_strategy="sequential")
@@ -125,7 +129,7 @@ def main(argv=None) -> None:
 
     timer = Timer()
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
-                         loss_chunk_size=config.loss_chunk_size, callbacks=[timer])
+                         loss_chunk_size=config.resolved_loss_chunk_size, callbacks=[timer])
     trainer.train()
     torch.cuda.synchronize()
     seconds = time.perf_counter() - timer.start

@@ -10,7 +10,9 @@ accumulation, learning-rate schedule and number of optimizer steps:
    onto the vocabulary (the textbook loop);
 2. `trainer`: a plain `transformers.Trainer` with `DataCollatorForSeq2Seq` (dynamic padding);
 3. `sft_recipe`: this project through its real command line (`sft_recipe.cli.main`), defaults
-   unchanged, except the step count and an evaluation schedule that never fires mid-run.
+   unchanged, except the step count and an evaluation schedule that never fires mid-run;
+4. `sft_recipe_lowmem`: the same plus the two memory switches, `gradient_checkpointing: true`
+   and `release_host_memory: true` (each a trade of time for memory, off by default on the CPU).
 
 Rows are `--rows` training rows plus a few held-out rows; every contender trains on the same
 `--rows` (the split is the recipe's seeded split) for exactly one epoch:
@@ -22,6 +24,7 @@ saving), peak resident memory of the process (`ru_maxrss`) and peak GPU memory o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -36,7 +39,8 @@ SEED = 42
 LEARNING_RATE = 3e-4
 WARMUP_STEPS = 2
 MODEL = dict(n_layer=4, n_embd=256, n_head=4, n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-CONTENDERS = ("naive", "trainer", "sft_recipe")
+CONTENDERS = ("naive", "trainer", "sft_recipe", "sft_recipe_lowmem")
+LOW_MEMORY = dict(gradient_checkpointing=True, release_host_memory=True)
 
 
 # --- shared by the baselines: the same rows, tokenized the plain way ----------------------
@@ -162,12 +166,12 @@ def gpu_training_args() -> dict:
 
 # --- contender 3: this project, through its command line ----------------------------------
 
-def run_sft_recipe(args) -> dict:
+def run_sft_recipe(args, **keys) -> dict:
     import yaml
 
     from sft_recipe.cli import main
 
-    recipe = dict(
+    recipe = dict(**keys,
         from_scratch=True, model_config={"model_type": "gpt2", **MODEL}, tokenizer_name=args.tokenizer,
         dataset=args.jsonl, dataset_format="alpaca", eval_fraction=EVAL_ROWS / (args.rows + EVAL_ROWS),
         max_length=args.max_length, batch_size=args.batch, gradient_accumulation_steps=args.accum,
@@ -204,11 +208,8 @@ def result(seconds: float, rows: int, trainable: int, loss: float) -> dict:
 
 def child(args) -> None:
     """Run one contender in this process and write its numbers to `args.out`."""
-    runner = {"naive": run_naive, "trainer": run_trainer, "sft_recipe": run_sft_recipe}[args.child]
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    runner = {"naive": run_naive, "trainer": run_trainer, "sft_recipe": run_sft_recipe,
+              "sft_recipe_lowmem": functools.partial(run_sft_recipe, **LOW_MEMORY)}[args.child]
     Path(args.out).write_text(json.dumps(runner(args)))
 
 
@@ -218,6 +219,8 @@ def launch(name: str, args, jsonl: Path) -> dict:
         out = Path(workdir) / "result.json"
         env = {**os.environ, "HF_HOME": str(Path(workdir) / "hf"), "SFT_RECIPE_CACHE": str(Path(workdir) / "c"),
                "HF_HUB_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "WANDB_MODE": "disabled"}
+        if args.threads:  # read by torch when it loads; the recipe's command line loads torch itself
+            env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
         cmd = [sys.executable, __file__, "--child", name, "--out", str(out), "--workdir", workdir,
                "--jsonl", str(jsonl), "--rows", str(args.rows), "--max_length", str(args.max_length),
                "--batch", str(args.batch), "--accum", str(args.accum), "--data", args.data,
@@ -236,20 +239,22 @@ def launch(name: str, args, jsonl: Path) -> dict:
 
 
 def report(results: dict[str, dict]) -> str:
-    lines = [f"{'run':<11} {'rows/s':>7} {'train tok/s':>11} {'loop s':>7} {'wall s':>7} {'CPU s':>7} {'peak RSS MiB':>12} "
+    lines = [f"{'run':<17} {'rows/s':>7} {'train tok/s':>11} {'loop s':>7} {'wall s':>7} {'CPU s':>7} {'peak RSS MiB':>12} "
              f"{'GPU MiB':>8} {'loss':>6}"]
     for name, r in results.items():
         gpu = f"{r['gpu_peak_mib']:.0f}" if r["gpu_peak_mib"] is not None else "-"
-        lines.append(f"{name:<11} {r['rows'] / r['train_seconds']:>7.2f} "
+        lines.append(f"{name:<17} {r['rows'] / r['train_seconds']:>7.2f} "
                      f"{r['trainable_tokens'] / r['train_seconds']:>11.0f} {r['train_seconds']:>7.1f} "
                      f"{r['wall_seconds']:>7.1f} {r['cpu_seconds']:>7.1f} {r['peak_rss_mib']:>12.0f} {gpu:>8} {r['loss']:>6.3f}")
-    ours = results.get("sft_recipe")
-    if ours:
+    for name in ("sft_recipe", "sft_recipe_lowmem"):
+        ours = results.get(name)
+        if not ours:
+            continue
         for base in ("naive", "trainer"):
             if base in results:
                 b = results[base]
                 lines.append(
-                    f"sft_recipe vs {base}: rows/s x{(ours['rows'] / ours['train_seconds']) / (b['rows'] / b['train_seconds']):.2f}, "
+                    f"{name} vs {base}: rows/s x{(ours['rows'] / ours['train_seconds']) / (b['rows'] / b['train_seconds']):.2f}, "
                     f"wall time x{b['wall_seconds'] / ours['wall_seconds']:.2f} faster "
                     f"(CPU time x{b['cpu_seconds'] / ours['cpu_seconds']:.2f}), "
                     f"peak RSS x{ours['peak_rss_mib'] / b['peak_rss_mib']:.2f}"

@@ -28,9 +28,14 @@ def recipe_keys_help() -> str:
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from .recipe import load_recipe
+
+    config = load_recipe(args.recipe, overrides)  # torch is not loaded yet
+    if config.release_host_memory:
+        from .host_memory import release_host_memory
+
+        logging.getLogger("sft_recipe").info("host memory: %s", ", ".join(release_host_memory()) or "left as set")
     from .train import train
 
-    config = load_recipe(args.recipe, overrides)
     metrics = train(config)
     if os.environ.get("RANK", "0") == "0":
         shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}

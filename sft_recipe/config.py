@@ -95,14 +95,25 @@ class SFTConfig:
     lr_scheduler_type: str = field(default="linear", metadata={"help": "Any transformers scheduler name."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     seed: int = field(default=42, metadata={"help": "Seed for init, shuffling and the split."})
-    loss_chunk_size: int = field(
-        default=1024,
-        metadata={"help": "Tokens per LM-head chunk in the trainable-only loss; 0 uses the model's own loss."},
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per LM-head chunk in the trainable-only loss; 0 uses the model's own loss. "
+                          "Default: 1024 on a GPU, 128 on the CPU."},
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         default="auto", metadata={"help": "auto: bf16 on GPUs that support it, else fp32."}
     )
     torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile."})
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Recompute each layer's activations in backward instead of keeping them: far less "
+                          "activation memory for one more decoder forward. Default: on a GPU, off on the CPU."},
+    )
+    release_host_memory: bool = field(
+        default=False,
+        metadata={"help": "Linux: hand freed tensor memory back to the system at once (lower peak RSS on the CPU, "
+                          "slower: see benchmarks/README.md)."},
+    )
 
     # --- evaluation, logging, saving -----------------------------------------------------
     logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
@@ -172,7 +183,7 @@ class SFTConfig:
             if value is not None and value <= 0:
                 raise RecipeError(f"recipe key '{name}' must be > 0, got {value}")
         for name in ("warmup_steps", "generation_eval_samples", "loss_chunk_size"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise RecipeError(f"recipe key '{name}' must be >= 0, got {getattr(self, name)}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise RecipeError(f"recipe key 'learning_rate' must be a positive number, got {self.learning_rate}")
@@ -221,6 +232,17 @@ class SFTConfig:
         return self.dataset_format == "text" if self.eval_train_sample is None else self.eval_train_sample
 
     @property
+    def resolved_loss_chunk_size(self) -> int:
+        """Chunk logits cost tokens x vocab x 4 bytes. On a GPU, 1024-token chunks keep the matmuls
+        big enough to fill it; on the CPU, 128 rows already run at full speed and host memory is
+        what runs out (1024 x GPT-2's vocabulary would be 196 MiB per chunk)."""
+        if self.loss_chunk_size is not None:
+            return self.loss_chunk_size
+        import torch
+
+        return 1024 if torch.cuda.is_available() else 128
+
+    @property
     def resolved_tokenizer_name(self) -> str:
         return self.tokenizer_name or self.model_name  # type: ignore[return-value]
 
@@ -246,6 +268,7 @@ MAPPED_TRAINING_ARGS = frozenset({
     "greater_is_better", "report_to", "train_sampling_strategy", "bf16", "fp16", "torch_compile",
     "remove_unused_columns", "use_cache", "average_tokens_across_devices", "include_num_input_tokens_seen",
     "tf32", "optim", "dataloader_pin_memory", "disable_tqdm", "use_cpu", "logging_nan_inf_filter",
+    "activation_checkpointing", "activation_checkpointing_kwargs",
 })
 
 # Recipe keys consumed before training (data, model, generation), never by TrainingArguments.
@@ -256,6 +279,7 @@ NOT_TRAINING_ARGS = frozenset({
     "max_length", "chat_template", "train_on", "num_proc", "packing", "pad_to_multiple_of",
     "loss_chunk_size", "generation_eval_samples", "max_new_tokens", "training_args", "callbacks", "eval_train_sample",
     "early_stopping_patience", "sample_prompts", "overwrite_output_dir", "push_to_hub", "hub_model_id", "lora",
+    "release_host_memory",
 })
 
 
@@ -275,6 +299,10 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
 
     precision = resolve_precision(config.precision)
     on_gpu = torch.cuda.is_available()
+    # On a GPU activations are what limit batch and length, and the recompute is matmuls it runs
+    # fast; on the CPU the models are small and the recompute costs more than it saves
+    # (benchmarks/README.md: +38% time on the demo for 6% less memory).
+    checkpointing = on_gpu if config.gradient_checkpointing is None else config.gradient_checkpointing
 
     mapped: dict[str, Any] = dict(
         output_dir=config.output_dir,
@@ -308,6 +336,10 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         torch_compile=config.torch_compile,
+        # transformers' new name for gradient checkpointing. Non-reentrant: works with frozen inputs
+        # (LoRA) and replays dropout's random state on recompute.
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         # Our columns are exactly what the model and loss need ("length" is dropped by the collator).
         remove_unused_columns=False,
         # A KV cache during training lets packed rows attend to each other: never on.
@@ -315,9 +347,10 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
         # Normalize the loss by trainable tokens summed over all devices, not averaged per device.
         average_tokens_across_devices=True,
         include_num_input_tokens_seen="non_padding",
-        # GPU-only speedups; the CPU path keeps PyTorch's defaults.
+        # TF32 matmuls and pinned host memory only mean something on a GPU.
         tf32=True if on_gpu and torch.cuda.get_device_capability()[0] >= 8 else None,
-        optim="adamw_torch_fused" if on_gpu else "adamw_torch",
+        # One kernel per parameter group on CPU and GPU: no parameter-sized temporaries per step.
+        optim="adamw_torch_fused",
         dataloader_pin_memory=on_gpu,
         # Say CPU explicitly when there is no accelerator, so that bf16 on CPU is accepted.
         use_cpu=not on_gpu and not torch.backends.mps.is_available(),

@@ -33,7 +33,7 @@ def evaluate_saved(model_dir: str | Path, config: SFTConfig) -> dict[str, Any]:
     collator = make_collator(config.packing, tokenizer.pad_token_id, config.pad_to_multiple_of,
                              flash_attention=model.config._attn_implementation == "flash_attention_2")
     trainer = SFTTrainer(model=model, args=args, eval_dataset=data.eval, data_collator=collator,
-                         processing_class=tokenizer, loss_chunk_size=config.loss_chunk_size)
+                         processing_class=tokenizer, loss_chunk_size=config.resolved_loss_chunk_size)
     metrics = trainer.evaluate()
     if config.generation_eval_samples:
         metrics.update(generation_check(config, trainer, tokenizer, data, "saved model"))

@@ -133,6 +133,7 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData):
         from .lora import wrap_lora
 
         model = wrap_lora(model, config.lora)
+    checkpointing_supported(model, args)
     collator = make_collator(config.packing, tokenizer.pad_token_id, config.pad_to_multiple_of,
                              flash_attention=model.config._attn_implementation == "flash_attention_2")
     # Evaluation rows, and for the train/valid table as many fixed training rows scored the same way
@@ -146,10 +147,19 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData):
         model=model, args=args, train_dataset=data.train, eval_dataset=eval_rows, data_collator=collator,
         processing_class=tokenizer,
         callbacks=[*build_callbacks(config, tokenizer, data), *table, CheckpointCompleteCallback(), stop],
-        loss_chunk_size=config.loss_chunk_size, train_sample=train_sample,
+        loss_chunk_size=config.resolved_loss_chunk_size, train_sample=train_sample,
     )
     loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
     return trainer, stop
+
+
+def checkpointing_supported(model, args) -> bool:
+    """Gradient checkpointing is on by default; a model that cannot do it trains without it
+    (the Trainer would raise), with one log line saying so."""
+    if args.activation_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
+        log.info("%s does not support gradient checkpointing; training without it", type(model).__name__)
+        args.activation_checkpointing = args.gradient_checkpointing = False
+    return bool(args.activation_checkpointing)
 
 
 def generation_check(config: SFTConfig, trainer, tokenizer, data: PreparedData, label: str,

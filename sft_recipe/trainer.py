@@ -46,10 +46,10 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
-        # fp32 accumulators: bf16 sums over thousands of tokens lose the small contributions.
-        # With an fp32 weight (CPU, or GPU autocast) this is the only copy of the head gradient.
-        # A frozen head (LoRA) needs no [vocab, hidden] gradient buffer nor the matmul that fills it.
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        # The head gradient accumulates in fp32 (bf16 sums over thousands of tokens lose the small
+        # contributions). The first chunk's product creates it, so there is no weight-sized zero
+        # fill; a frozen head (LoRA) needs neither the buffer nor the matmul that fills it.
+        grad_weight: torch.Tensor | None = None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if ctx.needs_input_grad[2] else None
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size]
@@ -64,15 +64,19 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             probs = logits.sub_(maxes).exp_()
             sums = probs.sum(dim=-1, keepdim=True)
             loss += (maxes.squeeze(1) + sums.squeeze(1).log() - target_logits).sum()
-            if not needs_grad:
-                continue
-            probs.div_(sums)
-            probs[torch.arange(len(t), device=t.device), t] -= 1.0  # d(loss)/d(logits)
-            grad_hidden[start:start + chunk_size] = (probs.to(weight.dtype) @ weight).to(h.dtype)
-            if grad_weight is not None:
-                accumulate_matmul(grad_weight, probs.T, h)
-            if grad_bias is not None:
-                grad_bias += probs.sum(0)
+            if needs_grad:
+                probs.div_(sums)
+                probs[torch.arange(len(t), device=t.device), t] -= 1.0  # d(loss)/d(logits)
+                grad_hidden[start:start + chunk_size] = (probs.to(weight.dtype) @ weight).to(h.dtype)
+                if ctx.needs_input_grad[1]:
+                    grad_weight = accumulate_matmul(grad_weight, probs.T, h)
+                if grad_bias is not None:
+                    grad_bias += probs.sum(0)
+            # Free this chunk's logits before the next chunk allocates its own: one chunk-sized
+            # buffer alive at a time, and the allocator can hand the same block straight back.
+            del logits, probs
+        if grad_weight is None and ctx.needs_input_grad[1]:  # no trainable token; DDP still waits for a gradient
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.mark_non_differentiable(correct)
@@ -92,16 +96,18 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         )
 
 
-def accumulate_matmul(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """out += a @ b. In fp32 (CPU) `addmm_` writes into `out` with no weight-sized temporary;
-    under GPU autocast the product runs in bf16/fp16 like the model's other matmuls (an in-place
-    `addmm_` is not autocast and would fall back to fp32)."""
-    device = out.device.type
+def accumulate_matmul(out: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """out + a @ b in fp32, in place (`out` None: a new fp32 tensor). In fp32 (CPU) `addmm_` writes
+    into `out` with no weight-sized temporary; under GPU autocast the product runs in bf16/fp16
+    like the model's other matmuls (an in-place `addmm_` is not autocast and would fall back to fp32)."""
+    device = a.device.type
     if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != torch.float32:
         dtype = torch.get_autocast_dtype(device)
-        out += a.to(dtype) @ b.to(dtype)
-    else:
-        out.addmm_(a, b.to(out.dtype))
+        product = a.to(dtype) @ b.to(dtype)
+        return product.float() if out is None else out.add_(product)
+    if out is None:
+        return a.float() @ b.float()
+    return out.addmm_(a, b.to(out.dtype))
 
 
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:

@@ -32,6 +32,7 @@ MAPPED = {
     "group_by_length": (True, {"train_sampling_strategy": "group_by_length"}),
     "precision": ("bf16", {"bf16": True}),
     "torch_compile": (True, {"torch_compile": True}),
+    "gradient_checkpointing": (False, {"activation_checkpointing": False, "activation_checkpointing_kwargs": None}),
 }
 
 BASE = {"model_name": "m", "dataset": "d.jsonl", "output_dir": "out"}

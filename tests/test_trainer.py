@@ -138,17 +138,30 @@ def test_chunked_cross_entropy_gradients_with_bias():
         torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)
 
 
+def test_chunked_cross_entropy_without_trainable_tokens_still_gives_a_head_gradient():
+    """A micro-batch whose rows are all masked: loss 0 and a zero head gradient, not None (DDP
+    waits for a gradient from every parameter, and an untied head gets none from elsewhere)."""
+    hidden = torch.randn(0, 8, requires_grad=True)
+    weight = torch.randn(16, 8, requires_grad=True)
+    loss, _ = ChunkedLinearCrossEntropy.apply(hidden, weight, None, torch.zeros(0, dtype=torch.long), 4)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert weight.grad is not None and torch.count_nonzero(weight.grad) == 0
+
+
 # --- loss normalisation across gradient accumulation, through the real Trainer --------------
 
 # Trainable-token counts 1, 2, 40, 3, 25, 1, 8, 30: a per-micro-batch mean would weight them wrongly.
 ACCUM_ROWS = rows_with_lengths([12, 5, 44, 9, 30, 4, 20, 33], [11, 3, 4, 6, 5, 3, 12, 3], seed=3)
 
 
-def one_step(tmp_path, batch: int, accum: int, chunk: int, packing: bool):
-    model = tiny_model("llama", VOCAB, seed=0)
+def one_step(tmp_path, batch: int, accum: int, chunk: int, packing: bool, checkpointing: bool = True,
+             model=None):
+    model = model if model is not None else tiny_model("llama", VOCAB, seed=0)
     config = SFTConfig(dataset="unused.jsonl", model_name="unused", output_dir=str(tmp_path / f"{batch}x{accum}"),
                        batch_size=batch, gradient_accumulation_steps=accum, max_steps=1, loss_chunk_size=chunk,
-                       packing=packing, learning_rate=0.5, logging_steps=1, callbacks=[])
+                       packing=packing, learning_rate=0.5, logging_steps=1, callbacks=[],
+                       gradient_checkpointing=checkpointing)
     # SGD without clipping or decay: the update is -lr x gradient, so any normalisation error
     # shows up in the parameters (AdamW's first step is ~ lr x sign(gradient) and would hide it).
     args = to_training_arguments(config, optim="sgd", max_grad_norm=0.0, weight_decay=0.0, warmup_steps=0,
@@ -160,6 +173,7 @@ def one_step(tmp_path, batch: int, accum: int, chunk: int, packing: bool):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer.train()
     assert trainer.state.global_step == 1
+    assert model.is_activation_checkpointing == checkpointing
     loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
     update = {n: p.detach() - before[n] for n, p in model.named_parameters()}
     return loss, update
@@ -183,6 +197,39 @@ def test_both_loss_paths_give_the_same_step(tmp_path):
     assert fast_loss == pytest.approx(model_loss, rel=1e-4)
     for name, u in model_update.items():
         torch.testing.assert_close(fast_update[name], u, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("model_type,packing", [("llama", False), ("llama", True), ("gpt2", False)])
+def test_gradient_checkpointing_gives_the_same_step(model_type, packing, tmp_path):
+    """Recomputing activations in backward (the default) must not change the step: same loss,
+    same update, also with dropout, whose random masks the recompute has to replay."""
+    dropout = dict(resid_pdrop=0.2, embd_pdrop=0.2, attn_pdrop=0.2) if model_type == "gpt2" \
+        else dict(attention_dropout=0.2)
+    results = []
+    for checkpointing in (True, False):
+        torch.manual_seed(0)  # the same dropout masks in both runs
+        model = tiny_model(model_type, VOCAB, seed=0, **dropout)
+        results.append(one_step(tmp_path / str(checkpointing), 2, 4, 16, packing, checkpointing, model))
+    (loss, update), (reference_loss, reference_update) = results
+    assert loss == pytest.approx(reference_loss, rel=1e-5)
+    for name, u in reference_update.items():
+        torch.testing.assert_close(update[name], u, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_gradient_checkpointing_is_skipped_for_models_without_it(tmp_path, caplog):
+    from sft_recipe.train import checkpointing_supported
+
+    model = tiny_model("llama", VOCAB)
+    config = SFTConfig(dataset="unused.jsonl", model_name="unused", output_dir=str(tmp_path), callbacks=[])
+    assert not to_training_arguments(config, **QUIET).activation_checkpointing  # the CPU default
+    config.gradient_checkpointing = True
+    args = to_training_arguments(config, **QUIET)
+    assert checkpointing_supported(model, args) and args.activation_checkpointing
+    model.supports_gradient_checkpointing = False
+    with caplog.at_level("INFO", logger="sft_recipe"):
+        assert not checkpointing_supported(model, args)
+    assert not args.activation_checkpointing and not args.gradient_checkpointing
+    assert "does not support gradient checkpointing" in caplog.text
 
 
 # --- sampling -------------------------------------------------------------------------------
