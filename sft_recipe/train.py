@@ -154,8 +154,8 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData):
 
 
 def checkpointing_supported(model, args) -> bool:
-    """Gradient checkpointing is on by default; a model that cannot do it trains without it
-    (the Trainer would raise), with one log line saying so."""
+    """Gradient checkpointing is on by default on a GPU; a model that cannot do it trains without
+    it (the Trainer would raise), with one log line saying so."""
     if args.activation_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
         log.info("%s does not support gradient checkpointing; training without it", type(model).__name__)
         args.activation_checkpointing = args.gradient_checkpointing = False
