@@ -144,13 +144,13 @@ def table(stdout: str) -> list[tuple[int, float, float]]:
 
 def heldout_loss(model_dir: str, corpus: str, tokenizer_dir: str) -> float:
     """Mean next-token loss of a saved model on every block of the held-out tail, as the recipe
-    cuts it (`sft_recipe.tokenize.tokenize_text`)."""
+    cuts it (`sft_recipe.data.tokenization.tokenize_text`)."""
     import datasets
     import torch
     from transformers import AutoModelForCausalLM
 
+    from sft_recipe.data.tokenization import tokenize_text
     from sft_recipe.model import load_tokenizer
-    from sft_recipe.tokenize import tokenize_text
 
     recipe = load_recipe_settings()
     tokenizer = load_tokenizer(tokenizer_dir)

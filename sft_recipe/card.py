@@ -13,10 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from huggingface_hub import ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .artifacts import (
+    ADAPTER_CONFIG_FILENAME,
+    CARD_FILENAME,
+    LOSS_CURVE_FILENAME,
+    RECIPE_FILENAME,
+)
 from .config import SFTConfig
+from .data.builtin import is_builtin
+from .data.prompts import alpaca_prompt
 
-CARD_FILENAME = "README.md"
 EXAMPLE_INSTRUCTION = "Give three tips for staying healthy."
 # Trainer bookkeeping that says nothing about the model.
 _SKIPPED_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "tokens_seen")
@@ -24,13 +33,11 @@ _SKIPPED_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch"
 
 def write_model_card(best: Path, config: SFTConfig, metrics: dict[str, Any]) -> Path:
     """Write `best/README.md` (and copy the loss curve beside it)."""
-    from .callbacks import LOSS_CURVE_FILENAME
-
     curve = Path(config.output_dir) / LOSS_CURVE_FILENAME
     has_curve = curve.is_file()
     if has_curve:
         shutil.copy2(curve, best / LOSS_CURVE_FILENAME)
-    is_adapter = (best / "adapter_config.json").is_file()
+    is_adapter = (best / ADAPTER_CONFIG_FILENAME).is_file()
     text = model_card(config, metrics, str(best), is_adapter=is_adapter,
                       loss_curve=LOSS_CURVE_FILENAME if has_curve else None)
     path = best / CARD_FILENAME
@@ -41,8 +48,6 @@ def write_model_card(best: Path, config: SFTConfig, metrics: dict[str, Any]) -> 
 def model_card(config: SFTConfig, metrics: dict[str, Any], local_dir: str, *, is_adapter: bool = False,
                loss_curve: str | None = None) -> str:
     """The card's Markdown, front matter included."""
-    from huggingface_hub import ModelCardData
-
     name = config.hub_model_id or local_dir
     base = None if config.from_scratch else config.model_name
     data = ModelCardData(
@@ -59,8 +64,8 @@ def model_card(config: SFTConfig, metrics: dict[str, Any], local_dir: str, *, is
         results_table(metrics),
         f"![Train and eval loss]({loss_curve})" if loss_curve else "",
         usage(config, name, is_adapter),
-        "## Training recipe\n\nThe resolved recipe (also saved as `sft_recipe.yaml`); re-run it with "
-        "`sft-recipe train sft_recipe.yaml`.\n\n```yaml\n"
+        f"## Training recipe\n\nThe resolved recipe (also saved as `{RECIPE_FILENAME}`); re-run it with "
+        f"`sft-recipe train {RECIPE_FILENAME}`.\n\n```yaml\n"
         + yaml.safe_dump(config.to_dict(), sort_keys=False) + "```",
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
@@ -68,9 +73,7 @@ def model_card(config: SFTConfig, metrics: dict[str, Any], local_dir: str, *, is
 
 def is_hub_id(name: str) -> bool:
     """True for `org/name` or `name` hub ids; False for local paths and `builtin:` sources."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if name.startswith("builtin:") or Path(name).exists() or name.startswith((".", "/", "~")):
+    if is_builtin(name) or Path(name).exists() or name.startswith((".", "/", "~")):
         return False
     try:
         validate_repo_id(name)
@@ -83,7 +86,7 @@ def describe_training(config: SFTConfig, is_adapter: bool) -> str:
     if config.from_scratch:
         origin = f"A `{(config.model_config or {}).get('model_type')}` model trained from scratch"
     elif is_adapter:
-        origin = f"LoRA adapters (r={(config.lora or {}).get('r', 16)}) for `{config.model_name}`, trained"
+        origin = f"LoRA adapters (r={config.lora.r if config.lora else 16}) for `{config.model_name}`, trained"
     else:
         origin = f"`{config.model_name}` fine-tuned"
     what = "the loss on the text" if config.dataset_format == "text" else \
@@ -111,8 +114,6 @@ def example_prompt(config: SFTConfig) -> tuple[str, str]:
         return ("the tokenizer's chat template (`tokenizer.apply_chat_template`, generation prompt on)",
                 "")
     if config.dataset_format == "alpaca":
-        from .templates import alpaca_prompt
-
         return "the Stanford Alpaca template (no-input variant shown)", alpaca_prompt(EXAMPLE_INSTRUCTION)
     if config.dataset_format == "prompt_completion":
         return "the prompt text exactly as in the training data, no template", EXAMPLE_INSTRUCTION

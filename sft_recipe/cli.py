@@ -44,11 +44,11 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .chat import setup_chat_template
+    from .data.chat_template import setup_chat_template
+    from .data.prepare import describe_stats, prepare_data
+    from .data.preview import show_rows
     from .model import load_tokenizer
-    from .preview import show_rows
     from .recipe import load_recipe
-    from .train import describe_stats, prepare_data
 
     config = load_recipe(args.recipe, overrides)
     tokenizer = load_tokenizer(config.resolved_tokenizer_name, config.trust_remote_code)
@@ -63,18 +63,17 @@ def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .data.chat_template import chat_prompt, stop_token_ids
+    from .data.prompts import format_prompt
     from .generate import generate_answers
     from .model import load_for_inference
     from .recipe import read_saved_recipe
-    from .templates import format_prompt
 
     reject_overrides(overrides)
     model, tokenizer = load_for_inference(args.model_dir)
     recipe = read_saved_recipe(args.model_dir)
     dataset_format = "text" if args.raw else recipe.get("dataset_format", "text")
     if dataset_format == "messages":
-        from .chat import chat_prompt, stop_token_ids
-
         prompt, stops = chat_prompt(tokenizer, [{"role": "user", "content": args.text}]), stop_token_ids(tokenizer)
     else:
         prompt, stops = format_prompt(dataset_format, args.text, args.input), None
@@ -112,8 +111,9 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     import json
     from pathlib import Path
 
-    from .evaluation import RESULTS_FILENAME, evaluate_saved, write_results
-    from .recipe import RECIPE_FILENAME, load_recipe
+    from .artifacts import RECIPE_FILENAME, RESULTS_FILENAME
+    from .evaluation import evaluate_saved, write_results
+    from .recipe import load_recipe
 
     recipe = args.recipe or Path(args.model_dir) / RECIPE_FILENAME
     config = load_recipe(recipe, overrides)
@@ -125,7 +125,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_merge(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .lora import merge_adapter
+    from .export import merge_adapter
 
     reject_overrides(overrides)
     out = merge_adapter(args.adapter_dir, args.output)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import RecipeError
+from .lora_settings import LoraSettings
 
 DatasetFormat = Literal["alpaca", "prompt_completion", "text", "messages"]
 TrainOn = Literal["all_assistant", "last_assistant"]
@@ -22,7 +22,10 @@ TrainOn = Literal["all_assistant", "last_assistant"]
 
 @dataclass
 class SFTConfig:
-    """Every field a recipe may set. The help text is what `sft-recipe train --help` shows."""
+    """Every field a recipe may set. The help text is what `sft-recipe train --help` shows.
+
+    Pure data: nothing here imports torch or transformers (see `hardware.py`).
+    """
 
     # --- model and tokenizer -------------------------------------------------------------
     model_name: str | None = field(default=None, metadata={"help": "Hub id or local directory of a causal LM."})
@@ -151,8 +154,8 @@ class SFTConfig:
     )
     push_to_hub: bool = field(default=False, metadata={"help": "Push best/ to the hub at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id for push_to_hub."})
-    lora: dict[str, Any] | None = field(
-        default=None, metadata={"help": "LoRA adapters via peft: {r, alpha, dropout, target_modules}."}
+    lora: LoraSettings | None = field(
+        default=None, metadata={"help": "LoRA adapters via peft: {r, alpha, dropout, target_modules, load_in_4bit}."}
     )
 
     # --- escape hatch --------------------------------------------------------------------
@@ -209,11 +212,9 @@ class SFTConfig:
         if self.push_to_hub and not self.hub_model_id:
             raise RecipeError("push_to_hub: true needs 'hub_model_id' (e.g. your-name/model-name)")
         if self.lora is not None:
-            from .lora import check_lora
-
             if self.from_scratch:
                 raise RecipeError("recipe key 'lora' needs a pretrained model_name; from_scratch trains all weights")
-            check_lora(self.lora)
+            self.lora = LoraSettings.from_mapping(self.lora)  # `lora: {}` means LoRA with the defaults
         overlap = sorted(set(self.training_args) & MAPPED_TRAINING_ARGS)
         if overlap:
             raise RecipeError(
@@ -232,17 +233,6 @@ class SFTConfig:
         return self.dataset_format == "text" if self.eval_train_sample is None else self.eval_train_sample
 
     @property
-    def resolved_loss_chunk_size(self) -> int:
-        """Chunk logits cost tokens x vocab x 4 bytes. On a GPU, 1024-token chunks keep the matmuls
-        big enough to fill it; on the CPU, 128 rows already run at full speed and host memory is
-        what runs out (1024 x GPT-2's vocabulary would be 196 MiB per chunk)."""
-        if self.loss_chunk_size is not None:
-            return self.loss_chunk_size
-        import torch
-
-        return 1024 if torch.cuda.is_available() else 128
-
-    @property
     def resolved_tokenizer_name(self) -> str:
         return self.tokenizer_name or self.model_name  # type: ignore[return-value]
 
@@ -250,9 +240,10 @@ class SFTConfig:
         return dataclasses.asdict(self)
 
 
-# Built-in callbacks (sft_recipe/callbacks.py), and the ones a recipe gets when it names none.
+# Built-in callbacks (sft_recipe/callbacks/), and the ones a recipe gets when it names none.
 BUILTIN_CALLBACKS = ("nan_guard", "throughput", "loss_curve", "samples", "early_stopping")
 DEFAULT_CALLBACKS = ("nan_guard", "throughput", "loss_curve")
+
 
 def is_secret_key(key: str) -> bool:
     """`hub_token`, `token`, ...: the same rule `TrainingArguments.to_dict` uses to mask values."""
@@ -281,90 +272,3 @@ NOT_TRAINING_ARGS = frozenset({
     "early_stopping_patience", "sample_prompts", "overwrite_output_dir", "push_to_hub", "hub_model_id", "lora",
     "release_host_memory",
 })
-
-
-def resolve_precision(precision: str) -> str:
-    """`auto` means bf16 on a GPU that supports it and fp32 everywhere else (CPU stays fp32)."""
-    if precision != "auto":
-        return precision
-    import torch
-
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def to_training_arguments(config: SFTConfig, **overrides: Any):
-    """Map the recipe onto `TrainingArguments`, field by field; `overrides` win (used by tests)."""
-    import torch
-    from transformers import TrainingArguments
-
-    precision = resolve_precision(config.precision)
-    on_gpu = torch.cuda.is_available()
-    # On a GPU activations are what limit batch and length, and the recompute is matmuls it runs
-    # fast; on the CPU the models are small and the recompute costs more than it saves
-    # (benchmarks/README.md: +38% time on the demo for 6% less memory).
-    checkpointing = on_gpu if config.gradient_checkpointing is None else config.gradient_checkpointing
-
-    mapped: dict[str, Any] = dict(
-        output_dir=config.output_dir,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.eval_batch_size or config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_epochs,
-        max_steps=config.max_steps if config.max_steps is not None else -1,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type=config.lr_scheduler_type,
-        max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        eval_strategy="steps",
-        eval_steps=config.eval_steps,
-        eval_on_start=config.eval_on_start,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        report_to=list(config.report_to) or "none",
-        # Length grouping only pays on the padded path; packed batches carry no padding.
-        # Text blocks all have the same length: grouping would only cost a pass over the dataset.
-        train_sampling_strategy="group_by_length"
-        if config.group_by_length and not config.packing and config.dataset_format != "text" else "random",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        torch_compile=config.torch_compile,
-        # transformers' new name for gradient checkpointing. Non-reentrant: works with frozen inputs
-        # (LoRA) and replays dropout's random state on recompute.
-        activation_checkpointing=checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-        # Our columns are exactly what the model and loss need ("length" is dropped by the collator).
-        remove_unused_columns=False,
-        # A KV cache during training lets packed rows attend to each other: never on.
-        use_cache=False,
-        # Normalize the loss by trainable tokens summed over all devices, not averaged per device.
-        average_tokens_across_devices=True,
-        include_num_input_tokens_seen="non_padding",
-        # TF32 matmuls and pinned host memory only mean something on a GPU.
-        tf32=True if on_gpu and torch.cuda.get_device_capability()[0] >= 8 else None,
-        # One kernel per parameter group on CPU and GPU: no parameter-sized temporaries per step.
-        optim="adamw_torch_fused",
-        dataloader_pin_memory=on_gpu,
-        # Say CPU explicitly when there is no accelerator, so that bf16 on CPU is accepted.
-        use_cpu=not on_gpu and not torch.backends.mps.is_available(),
-        # Progress bars for people; one log line per logging step for files and CI.
-        disable_tqdm=not sys.stderr.isatty(),
-        # Log a NaN/Inf loss as it is (the Trainer would hide it) so the nan_guard callback can stop.
-        logging_nan_inf_filter=False,
-    )
-    assert set(mapped) == MAPPED_TRAINING_ARGS, set(mapped) ^ MAPPED_TRAINING_ARGS
-    mapped.update(config.training_args)
-    mapped.update(overrides)
-    try:
-        return TrainingArguments(**mapped)
-    except TypeError as exc:  # unknown pass-through key
-        raise RecipeError(f"training_args: {exc}") from None
-    except ValueError as exc:
-        raise RecipeError(f"training arguments rejected: {str(exc).splitlines()[0]}") from None

@@ -13,27 +13,26 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .config import SFTConfig, to_training_arguments
+from .build import build_eval_trainer
+from .config import SFTConfig
+from .data.chat_template import last_turn_prompts
+from .data.prepare import PreparedData, describe_stats, prepare_data
+from .data.prompts import short_prompt
+from .generate import generate_answers
+from .metrics import normalise_answer, score_generations
+from .model import load_for_inference
+from .training_args import to_training_arguments
 
 log = logging.getLogger("sft_recipe")
-RESULTS_FILENAME = "eval_results.json"
 
 
 def evaluate_saved(model_dir: str | Path, config: SFTConfig) -> dict[str, Any]:
     """Metrics of the model (or LoRA adapter) in `model_dir` on the recipe's held-out split."""
-    from .collate import make_collator
-    from .model import load_for_inference
-    from .train import describe_stats, generation_check, prepare_data
-    from .trainer import SFTTrainer
-
     model, tokenizer = load_for_inference(model_dir)  # its saved tokenizer carries any chat template
     data = prepare_data(config, tokenizer)
     log.info("data: %s", describe_stats(data.stats))
     args = to_training_arguments(config, report_to="none")
-    collator = make_collator(config.packing, tokenizer.pad_token_id, config.pad_to_multiple_of,
-                             flash_attention=model.config._attn_implementation == "flash_attention_2")
-    trainer = SFTTrainer(model=model, args=args, eval_dataset=data.eval, data_collator=collator,
-                         processing_class=tokenizer, loss_chunk_size=config.resolved_loss_chunk_size)
+    trainer = build_eval_trainer(config, args, model, tokenizer, data.eval)
     metrics = trainer.evaluate()
     if config.generation_eval_samples:
         metrics.update(generation_check(config, trainer, tokenizer, data, "saved model"))
@@ -45,3 +44,31 @@ def write_results(metrics: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
+
+
+def generation_check(config: SFTConfig, trainer, tokenizer, data: PreparedData, label: str,
+                     before: dict[str, float] | None = None) -> dict[str, float]:
+    """Greedy answers for held-out prompts, scored by exact match and ROUGE-L (`sft_recipe.metrics`,
+    loaded with `evaluate`); printed as a small table."""
+    if data.eval_raw is None:
+        return {}
+    rows = data.eval_raw.select(range(min(config.generation_eval_samples, len(data.eval_raw))))
+    chat_kwargs: dict[str, Any] = {}
+    if "messages" in rows.column_names:  # answer each conversation's last user turn
+        rows, chat_kwargs = last_turn_prompts(rows, tokenizer)
+    if "prompt" not in rows.column_names or len(rows) == 0:
+        return {}
+    answers = generate_answers(trainer.model, tokenizer, rows["prompt"], max_new_tokens=config.max_new_tokens,
+                               **chat_kwargs)
+    scores = score_generations(answers, rows["completion"])
+    if trainer.is_world_process_zero():
+        if label == "trained":
+            for prompt, answer, ref in list(zip(rows["prompt"], answers, rows["completion"]))[:8]:
+                mark = "ok " if normalise_answer(answer) == normalise_answer(ref) else "BAD"
+                print(f"  [{mark}] {short_prompt(prompt)!r} -> {answer!r}")
+        msg = (f"exact match on {len(rows)} held-out prompts ({label}): {scores['eval_exact_match']:.1%}, "
+               f"ROUGE-L {scores['eval_rouge_l']:.3f}")
+        if before:
+            msg += f"  (untrained model: {before['eval_exact_match']:.1%}, {before['eval_rouge_l']:.3f})"
+        print(msg, flush=True)
+    return scores

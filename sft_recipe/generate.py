@@ -1,5 +1,5 @@
-"""Generation with the template a model was trained on, and the exact-match check used by the
-demo and by `generation_eval_samples`."""
+"""Generation with the template a model was trained on (the demo, `generation_eval_samples`,
+the samples callback, `generate` and `chat`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .tokenize import prompt_ids_without_eos
+from .data.tokenization import prompt_ids_without_eos
 
 
 @torch.no_grad()
@@ -16,7 +16,7 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
                      stop_token_ids: list[int] | None = None, add_special_tokens: bool = True) -> list[str]:
     """Complete each prompt; only the new text is returned, cut at EOS (or `stop_token_ids`).
 
-    Prompts are tokenized exactly as in training (see `tokenize.prompt_ids_without_eos`) and
+    Prompts are tokenized exactly as in training (see `data.tokenization.prompt_ids_without_eos`) and
     left-padded, so batched answers equal one-by-one answers. Rendered chat prompts already hold
     the template's BOS: pass `add_special_tokens=False` for them, as in training.
     """
@@ -46,7 +46,3 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     model.train(was_training)
     return answers
 
-
-def normalise_answer(text: str) -> str:
-    """Whitespace-insensitive form of an answer: the rule exact match scores by."""
-    return " ".join(text.split())

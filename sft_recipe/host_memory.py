@@ -12,9 +12,8 @@ the live tensors.
   backs tensors of 2 MiB and up with transparent huge pages, one fault per 2 MiB instead of 512.
   It is read while torch loads, so the command line applies this before importing torch.
 
-It is a trade, not a free win, hence off by default: on top of gradient checkpointing it cut the
-throughput benchmark's peak RSS by 16% for 21% more time, and small models with many small tensors
-pay more (the demo trained 70% longer); `benchmarks/README.md` has the figures. Anything the user set (`MALLOC_*`,
+It is a trade, not a free win, hence off by default: lower peak RSS for more time, and small models
+with many small tensors pay the most (`benchmarks/README.md` has the measurements). Anything the user set (`MALLOC_*`,
 `GLIBC_TUNABLES` malloc tunables, `THP_MEM_ALLOC_ENABLE`) is left as it is.
 """
 

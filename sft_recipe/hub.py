@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
 from .config import SFTConfig
 from .errors import UserError
 
@@ -19,9 +22,6 @@ log = logging.getLogger("sft_recipe")
 
 def push_best(best: str | Path, config: SFTConfig) -> str:
     """Create `hub_model_id` if needed and upload `best/` as one commit; returns the commit URL."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
     repo_id = config.hub_model_id
     if not repo_id:
         raise UserError("push_to_hub: true needs 'hub_model_id'")

@@ -8,8 +8,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import SFTConfig, resolve_precision
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from .artifacts import ADAPTER_CONFIG_FILENAME
+from .config import SFTConfig
+from .data.builtin import is_builtin, materialise_tokenizer
 from .errors import UserError
+from .hardware import default_attention, resolve_precision
+from .lora import peft_module, quantization_config
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +24,7 @@ log = logging.getLogger(__name__)
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     """`AutoTokenizer.from_pretrained`, with a pad token guaranteed (EOS if none is set: padding is
     masked by position, so sharing the id with EOS is harmless)."""
-    from transformers import AutoTokenizer
-
-    if name.startswith("builtin:"):
-        from .demo import materialise_tokenizer
-
+    if is_builtin(name):
         name = str(materialise_tokenizer(name))
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -34,9 +37,6 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 def load_model(config: SFTConfig, tokenizer):
     """The model the recipe describes, on CPU in the dtype training will use."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     precision = resolve_precision(config.precision)
     dtype = torch.bfloat16 if precision == "bf16" and config.lora is not None else torch.float32
     attn = config.attn_implementation or default_attention()
@@ -58,8 +58,6 @@ def load_model(config: SFTConfig, tokenizer):
         return model
     name = config.model_name
     assert name is not None
-    from .lora import quantization_config
-
     quantized = quantization_config(config.lora)  # QLoRA: 4-bit base weights, or None
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -74,30 +72,15 @@ def load_model(config: SFTConfig, tokenizer):
     return model
 
 
-def default_attention() -> str:
-    """flash-attention 2 on a GPU where it is installed (varlen kernel for packing), else SDPA."""
-    import importlib.util
-
-    import torch
-
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
-
-
 def load_for_inference(model_dir: str | Path):
     """A saved checkpoint (full model or LoRA adapter) and its tokenizer, ready to generate."""
-    from transformers import AutoModelForCausalLM
-
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise UserError(f"{model_dir}: model directory not found")
     tokenizer = load_tokenizer(str(model_dir))
     try:
-        if (model_dir / "adapter_config.json").is_file():
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True)
+        if (model_dir / ADAPTER_CONFIG_FILENAME).is_file():
+            model = peft_module().AutoPeftModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True)
         else:
             model = AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True)
     except (OSError, ValueError) as exc:

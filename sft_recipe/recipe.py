@@ -15,10 +15,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .artifacts import RECIPE_FILENAME
 from .config import SFTConfig, is_secret_key
 from .errors import RecipeError
 
-RECIPE_FILENAME = "sft_recipe.yaml"  # the resolved recipe saved beside every checkpoint
 _FIELDS = {f.name: f for f in dataclasses.fields(SFTConfig)}
 _HINTS = typing.get_type_hints(SFTConfig)
 
@@ -118,6 +118,8 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
         return all(ok for ok, _ in items), [v for _, v in items]
     if origin is dict:
         return isinstance(value, dict), value
+    if dataclasses.is_dataclass(hint):  # e.g. `lora:`, given as a mapping; SFTConfig validates its keys
+        return isinstance(value, (dict, hint)), value
     if hint is bool:
         return isinstance(value, bool), value
     if hint is int:
@@ -144,7 +146,7 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if origin is list:
         return f"a list of {_describe(typing.get_args(hint)[0])}"
-    if origin is dict:
+    if origin is dict or dataclasses.is_dataclass(hint):
         return "a mapping"
     if hint is type(None):
         return "null"

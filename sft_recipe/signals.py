@@ -21,8 +21,11 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
+from .checkpoints import last_complete_checkpoint
 from .errors import TrainingInterrupted
 
 log = logging.getLogger("sft_recipe")
@@ -76,9 +79,6 @@ class StopOnSignal(TrainerCallback):
         local = self.received or 0
         if args.world_size <= 1:
             return local or None
-        import torch
-        import torch.distributed as dist
-
         flag = torch.tensor([local], device=args.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item()) or None
@@ -87,8 +87,6 @@ class StopOnSignal(TrainerCallback):
         """After `trainer.train()`: if a signal stopped it, raise `TrainingInterrupted` with the way back."""
         if self.received is None:
             return
-        from .save import last_complete_checkpoint
-
         checkpoint = last_complete_checkpoint(Path(output_dir))
         raise TrainingInterrupted(
             self.received,

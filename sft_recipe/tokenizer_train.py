@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
 from .errors import UserError
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
@@ -17,9 +20,6 @@ MIN_VOCAB_SIZE = 256 + 2  # every byte, EOS and pad
 
 def train_bpe(texts: Iterable[str], vocab_size: int, output_dir: str | Path, min_frequency: int = 2):
     """Train on `texts`, save to `output_dir`, and return the `PreTrainedTokenizerFast`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     if vocab_size < MIN_VOCAB_SIZE:
         raise UserError(f"--vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + 2 special tokens), "
                         f"got {vocab_size}")

@@ -1,131 +1,28 @@
 """`SFTTrainer`: a thin `transformers.Trainer` whose loss only looks at trainable tokens.
 
-A causal LM's own loss projects *every* position onto the vocabulary, including the prompt and
-the padding, then throws most of it away. With a 50k vocabulary and half of each row masked,
-that projection is most of the step. `compute_loss` here:
-
-1. runs the decoder through the (possibly DDP-wrapped) model with `logits_to_keep=1`, so the
-   model's own head computes one position, and captures the final hidden states with a forward
-   hook on the decoder;
-2. gathers the hidden states whose *next* token is trainable (the shift the model would do);
-3. projects them in chunks with a fused linear + cross-entropy that computes the gradients of
-   each chunk immediately, so `[tokens, vocab]` logits never exist at once.
-
-The sum is divided by `num_items_in_batch`, the trainable-token count of the whole optimizer
-step across accumulation steps and devices (the Trainer gathers it), so batch 8 x accumulation 1
-and batch 2 x accumulation 4 give the same loss and gradients. Models whose head is not a plain
-`nn.Linear`, or that post-process logits (soft-capping, scaling), use the model's own loss.
+What it overrides, and why:
+- `compute_loss`: the chunked trainable-token loss of `loss.py` (the model's own loss when
+  `loss_chunk_size` is 0 or the model is not a plain causal LM), divided by `num_items_in_batch`,
+  the trainable-token count of the whole optimizer step across accumulation steps and devices
+  (the Trainer gathers it), so batch 8 x accumulation 1 and batch 2 x accumulation 4 give the
+  same loss and gradients. Under DDP it is multiplied by the number of processes, which DDP's
+  gradient averaging divides back out.
+- `get_batch_samples` and `log`: a running count of trainable tokens, logged as
+  `trainable_tokens_seen` for the throughput callback.
+- `evaluation_loop`: eval loss as the mean over every held-out trainable token on all processes
+  (not the Trainer's average of per-batch means), plus perplexity and next-token accuracy, and the
+  same figures for a fixed training sample (`train_sample_*`).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import Trainer
 
-from .mask import IGNORE_INDEX
-
-
-class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """sum(cross_entropy(hidden @ weight.T + bias, targets)), chunk by chunk.
-
-    Gradients are computed in the forward pass (softmax - one_hot is known there), so backward
-    only scales them: memory is one chunk of logits, compute is the same three matmuls as usual.
-    Logits are upcast to fp32 like the transformers loss. Returns (loss_sum, correct_count);
-    the count (next-token accuracy) is only computed without gradients, i.e. in evaluation.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, chunk_size: int):
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if needs_grad else None
-        # The head gradient accumulates in fp32 (bf16 sums over thousands of tokens lose the small
-        # contributions). The first chunk's product creates it, so there is no weight-sized zero
-        # fill; a frozen head (LoRA) needs neither the buffer nor the matmul that fills it.
-        grad_weight: torch.Tensor | None = None
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if ctx.needs_input_grad[2] else None
-        for start in range(0, hidden.shape[0], chunk_size):
-            h = hidden[start:start + chunk_size]
-            t = targets[start:start + chunk_size]
-            logits = nn.functional.linear(h, weight, bias).float()  # no copy when already fp32
-            target_logits = logits.gather(1, t[:, None]).squeeze(1)
-            if not needs_grad:  # accuracy is an eval metric; training skips the extra pass
-                correct += (logits.argmax(dim=-1) == t).sum()
-            # log-sum-exp and softmax in place, in the one chunk-sized buffer (torch.logsumexp
-            # would allocate a second one): probs = exp(logits - max) / sum.
-            maxes = logits.amax(dim=-1, keepdim=True)
-            probs = logits.sub_(maxes).exp_()
-            sums = probs.sum(dim=-1, keepdim=True)
-            loss += (maxes.squeeze(1) + sums.squeeze(1).log() - target_logits).sum()
-            if needs_grad:
-                probs.div_(sums)
-                probs[torch.arange(len(t), device=t.device), t] -= 1.0  # d(loss)/d(logits)
-                grad_hidden[start:start + chunk_size] = (probs.to(weight.dtype) @ weight).to(h.dtype)
-                if ctx.needs_input_grad[1]:
-                    grad_weight = accumulate_matmul(grad_weight, probs.T, h)
-                if grad_bias is not None:
-                    grad_bias += probs.sum(0)
-            # Free this chunk's logits before the next chunk allocates its own: one chunk-sized
-            # buffer alive at a time, and the allocator can hand the same block straight back.
-            del logits, probs
-        if grad_weight is None and ctx.needs_input_grad[1]:  # no trainable token; DDP still waits for a gradient
-            grad_weight = torch.zeros_like(weight, dtype=torch.float32)
-        ctx.weight_dtype = weight.dtype
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
-        ctx.mark_non_differentiable(correct)
-        return loss, correct
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor, _grad_correct: torch.Tensor):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        scale = grad_loss.float()
-        # In place: the buffers are ours and used once, so no second weight-sized copy.
-        return (
-            grad_hidden.mul_(scale.to(grad_hidden.dtype)) if grad_hidden is not None else None,
-            grad_weight.mul_(scale).to(ctx.weight_dtype) if grad_weight is not None else None,
-            grad_bias.mul_(scale) if grad_bias is not None else None,
-            None,
-            None,
-        )
-
-
-def accumulate_matmul(out: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """out + a @ b in fp32, in place (`out` None: a new fp32 tensor). In fp32 (CPU) `addmm_` writes
-    into `out` with no weight-sized temporary; under GPU autocast the product runs in bf16/fp16
-    like the model's other matmuls (an in-place `addmm_` is not autocast and would fall back to fp32)."""
-    device = a.device.type
-    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != torch.float32:
-        dtype = torch.get_autocast_dtype(device)
-        product = a.to(dtype) @ b.to(dtype)
-        return product.float() if out is None else out.add_(product)
-    if out is None:
-        return a.float() @ b.float()
-    return out.addmm_(a, b.to(out.dtype))
-
-
-def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
-    """The decoder stack and LM head of a plain causal LM, or None if the fast loss can't apply."""
-    inner = model
-    if hasattr(inner, "get_base_model"):  # peft
-        inner = inner.get_base_model()
-    config = getattr(inner, "config", None)
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    decoder = getattr(inner, "base_model", None)
-    if config is None or type(head) is not nn.Linear or decoder is None or decoder is inner:
-        return None
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) \
-            or getattr(config, "logits_scaling", None):
-        return None
-    if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
-        return None
-    return decoder, head
+from .loss import decoder_and_head, trainable_token_loss
 
 
 class SFTTrainer(Trainer):
@@ -179,32 +76,7 @@ class SFTTrainer(Trainer):
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def trainable_token_loss(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor, int]:
-        decoder, head = self._parts  # type: ignore[misc]
-        labels = inputs["labels"]
-        captured: dict[str, torch.Tensor] = {}
-
-        def grab(_module, _args, output):
-            captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
-
-        handle = decoder.register_forward_hook(grab)
-        try:
-            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-            model(**model_inputs, logits_to_keep=1, use_cache=False)
-        finally:
-            handle.remove()
-        hidden = captured["hidden"]
-        targets = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        selected = hidden[:, :-1][keep]
-        weight, bias = head.weight, head.bias
-        if not torch.is_grad_enabled():
-            # Evaluation: `needs_input_grad` follows requires_grad, not the grad mode, so detach
-            # to skip the gradient buffers (and have the accuracy counted).
-            selected, weight = selected.detach(), weight.detach()
-            bias = bias.detach() if bias is not None else None
-        loss_sum, correct = ChunkedLinearCrossEntropy.apply(selected, weight, bias, targets[keep],
-                                                            self.loss_chunk_size)
-        return loss_sum, correct, int(keep.sum())
+        return trainable_token_loss(model, self._parts, inputs, self.loss_chunk_size)  # type: ignore[arg-type]
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix: str = "eval"):

@@ -62,8 +62,8 @@ def toy_tokenizer():
 @pytest.fixture(scope="session")
 def bpe_tokenizer_dir(tmp_path_factory) -> Path:
     """A 400-token byte-level BPE trained in-process by sft_recipe's own trainer."""
-    from sft_recipe.demo import make_rows
-    from sft_recipe.templates import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
+    from sft_recipe.data.builtin import make_rows
+    from sft_recipe.data.prompts import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
     from sft_recipe.tokenizer_train import train_bpe
 
     out = tmp_path_factory.mktemp("bpe")
@@ -108,7 +108,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def alpaca_rows(n: int = 64, seed: int = 0) -> list[dict]:
-    from sft_recipe.demo import make_rows
+    from sft_recipe.data.builtin import make_rows
 
     return make_rows(n, seed=seed)
 
@@ -136,3 +136,16 @@ def write_recipe(path: Path, recipe: dict) -> Path:
 
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def bpe_chatml(bpe_tokenizer_dir):
+    """The BPE tokenizer with the built-in ChatML template installed."""
+    from sft_recipe.config import SFTConfig
+    from sft_recipe.data.chat_template import setup_chat_template
+    from sft_recipe.model import load_tokenizer
+
+    tokenizer = load_tokenizer(str(bpe_tokenizer_dir))
+    setup_chat_template(tokenizer, SFTConfig(dataset="chats.jsonl", dataset_format="messages", model_name="toy",
+                                             chat_template="chatml"))
+    return tokenizer

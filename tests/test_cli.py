@@ -10,8 +10,8 @@ from pathlib import Path
 
 import datasets
 import pytest
-
 from conftest import base_recipe, write_jsonl, write_recipe
+
 from sft_recipe.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

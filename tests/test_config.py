@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from sft_recipe.config import MAPPED_TRAINING_ARGS, NOT_TRAINING_ARGS, SFTConfig, to_training_arguments
+from sft_recipe.config import MAPPED_TRAINING_ARGS, NOT_TRAINING_ARGS, SFTConfig
 from sft_recipe.errors import RecipeError
+from sft_recipe.training_args import to_training_arguments
 
 # For each recipe key that drives TrainingArguments: another valid value, and what it must set.
 MAPPED = {

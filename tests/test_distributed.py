@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import base_recipe, tiny_model_config, write_recipe
 
 pytestmark = pytest.mark.slow

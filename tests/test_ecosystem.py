@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import base_recipe, write_recipe
 from hub_server import start_fake_hub
 
@@ -119,9 +118,9 @@ def test_wandb_card_hub_generate_and_eval_end_to_end(tmp_path, alpaca_file, bpe_
     # generate and eval answer from best/
     capsys.readouterr()
     assert main(["generate", str(best), "What is 2 plus 3?", "--max_new_tokens", "4"]) == 0
+    from sft_recipe.data.prompts import alpaca_prompt
     from sft_recipe.generate import generate_answers
     from sft_recipe.model import load_for_inference
-    from sft_recipe.templates import alpaca_prompt
 
     model, tokenizer = load_for_inference(best)
     (expected,) = generate_answers(model, tokenizer, [alpaca_prompt("What is 2 plus 3?")], max_new_tokens=4)

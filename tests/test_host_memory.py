@@ -10,7 +10,11 @@ import textwrap
 import pytest
 
 from sft_recipe import host_memory
-from sft_recipe.host_memory import M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES, release_host_memory
+from sft_recipe.host_memory import (
+    M_MMAP_THRESHOLD,
+    MMAP_THRESHOLD_BYTES,
+    release_host_memory,
+)
 
 linux_glibc = pytest.mark.skipif(host_memory.glibc() is None, reason="glibc only")
 

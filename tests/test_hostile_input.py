@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import base_recipe, write_jsonl, write_recipe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import base_recipe, write_jsonl, write_recipe
+from sft_recipe.artifacts import COMPLETE_MARKER
+from sft_recipe.checkpoints import last_complete_checkpoint
 from sft_recipe.cli import main
 from sft_recipe.errors import UserError
-from sft_recipe.save import COMPLETE_MARKER, last_complete_checkpoint
 
 
 @pytest.fixture
@@ -236,9 +237,9 @@ rows = st.lists(
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=rows, broken_line=st.booleans())
 def test_fuzzed_rows_give_a_user_error_or_valid_training_rows(tmp_path_factory, toy_tokenizer, rows, broken_line):
-    from sft_recipe.mask import IGNORE_INDEX
+    from sft_recipe.data.mask import IGNORE_INDEX
+    from sft_recipe.data.prepare import prepare_data
     from sft_recipe.recipe import load_recipe
-    from sft_recipe.train import prepare_data
 
     tmp = tmp_path_factory.mktemp("fuzz")
     text = "".join(json.dumps(r) + "\n" for r in rows) + ("{\"output\": \n" if broken_line else "")
@@ -296,6 +297,7 @@ def test_pickled_weights_are_never_unpickled(tmp_path, toy_tokenizer):
     import pickle
 
     from conftest import tiny_model
+
     from sft_recipe.model import load_for_inference
 
     model_dir = tmp_path / "model"
@@ -311,8 +313,8 @@ def test_pickled_weights_are_never_unpickled(tmp_path, toy_tokenizer):
 
 def test_remote_code_is_off_unless_the_recipe_asks(tmp_path, toy_tokenizer, monkeypatch):
     import transformers
-
     from conftest import tiny_model
+
     from sft_recipe.model import load_for_inference, load_tokenizer
 
     model_dir = tmp_path / "model"

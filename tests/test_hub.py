@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from hub_server import start_fake_hub
+
 from sft_recipe.config import SFTConfig
 from sft_recipe.errors import RecipeError, UserError
 from sft_recipe.hub import push_best

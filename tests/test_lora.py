@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
-
 from conftest import base_recipe, tiny_model, write_recipe
+
 from sft_recipe.config import SFTConfig
 from sft_recipe.errors import RecipeError
-from sft_recipe.lora import check_lora, quantization_config, wrap_lora
+from sft_recipe.lora import quantization_config, wrap_lora
+from sft_recipe.lora_settings import LoraSettings
 
 peft = pytest.importorskip("peft")
 
@@ -29,7 +30,7 @@ def test_bad_lora_keys_are_one_line_recipe_errors(lora, message):
 
 
 def test_lora_defaults_and_from_scratch_rejected():
-    assert check_lora({}) == {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear",
+    assert LoraSettings.from_mapping({}).to_dict() == {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear",
                               "load_in_4bit": False}
     with pytest.raises(RecipeError, match="needs a pretrained model_name"):
         SFTConfig(dataset="a.jsonl", from_scratch=True, tokenizer_name="t", model_config={"model_type": "llama"},
@@ -46,8 +47,9 @@ def test_qlora_on_cpu_fails_clearly():
 def test_fast_loss_on_a_lora_model_matches_the_models_own_loss(toy_tokenizer, tmp_path):
     """The trainable-token loss unwraps peft (decoder_and_head) and gives the model's own loss and
     the same adapter gradients; the frozen base gets none."""
-    from sft_recipe.config import to_training_arguments
-    from sft_recipe.trainer import SFTTrainer, decoder_and_head
+    from sft_recipe.loss import decoder_and_head
+    from sft_recipe.trainer import SFTTrainer
+    from sft_recipe.training_args import to_training_arguments
 
     model = wrap_lora(tiny_model(vocab_size=len(toy_tokenizer)), {"r": 4, "dropout": 0.0})
     with torch.no_grad():  # lora_B starts at zero; make the adapters matter

@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_model
 from sft_recipe.metrics import METRICS_DIR, load_metric, score_generations
 
 
@@ -68,9 +68,10 @@ def test_eval_perplexity_and_token_accuracy_count_trainable_tokens_only(toy_toke
     positions whose label is not -100 (shifted, as the model predicts the next token)."""
     from datasets import Dataset
 
-    from sft_recipe.collate import make_collator
-    from sft_recipe.config import SFTConfig, to_training_arguments
+    from sft_recipe.config import SFTConfig
+    from sft_recipe.data.collate import make_collator
     from sft_recipe.trainer import SFTTrainer
+    from sft_recipe.training_args import to_training_arguments
 
     model = tiny_model(vocab_size=len(toy_tokenizer))
     rows = {"input_ids": [[3, 5, 6, 4, 14, 1], [3, 8, 9, 4, 15, 16, 1]],

@@ -12,12 +12,23 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    alpaca_rows,
+    base_recipe,
+    tiny_model,
+    tiny_model_config,
+    write_jsonl,
+    write_recipe,
+)
 
-from conftest import alpaca_rows, base_recipe, tiny_model, tiny_model_config, write_jsonl, write_recipe
 from sft_recipe.cli import main
+from sft_recipe.data.prepare import (
+    TRAIN_SAMPLE_MAX_ROWS,
+    fixed_sample,
+    sample_train_rows,
+)
+from sft_recipe.data.tokenization import encode_text, tokenize_text
 from sft_recipe.errors import DataError
-from sft_recipe.pretrain_eval import TRAIN_SAMPLE_MAX_ROWS, fixed_sample, sample_train_rows
-from sft_recipe.tokenize import encode_text, tokenize_text
 
 WORDS = ["the", "cat", "sat", "on", "a", "big", "red", "mat", "dog", "ran", "to", "blue", "one", "two"]
 
@@ -85,7 +96,7 @@ def test_a_split_shorter_than_one_block_is_a_data_error():
 @pytest.mark.slow  # one subprocess
 def test_txt_tokenization_is_cached_with_a_stable_fingerprint(tmp_path, bpe_tokenizer_dir):
     """A second run of the same recipe (a fresh tokenizer, even a fresh process) reuses the map cache."""
-    from sft_recipe.data import load_source
+    from sft_recipe.data.load import load_source
     from sft_recipe.model import load_tokenizer
     from sft_recipe.recipe import build_config
 
@@ -101,8 +112,8 @@ def test_txt_tokenization_is_cached_with_a_stable_fingerprint(tmp_path, bpe_toke
     assert first._fingerprint == second._fingerprint
     # a new process with the same environment (this session's caches) computes the same fingerprint
     script = (
-        "from sft_recipe.data import load_source; from sft_recipe.model import load_tokenizer\n"
-        "from sft_recipe.recipe import build_config; from sft_recipe.tokenize import encode_text\n"
+        "from sft_recipe.data.load import load_source; from sft_recipe.model import load_tokenizer\n"
+        "from sft_recipe.recipe import build_config; from sft_recipe.data.tokenization import encode_text\n"
         f"config = build_config({config.to_dict()!r}, 'test')\n"
         f"print(encode_text(load_source({str(corpus)!r}, config), load_tokenizer({str(bpe_tokenizer_dir)!r}), "
         "add_eos=False)._fingerprint)\n"
@@ -125,10 +136,10 @@ def test_fixed_train_sample_is_seeded_sorted_and_capped():
 def test_eval_scores_validation_and_train_sample_with_the_models_own_loss(tmp_path):
     """eval_loss is the validation loss (best-model metric); train_sample_* the same computation on
     the train sample; both equal the model's own mean next-token loss."""
-    from sft_recipe.collate import PaddingCollator
-    from sft_recipe.config import to_training_arguments
+    from sft_recipe.data.collate import PaddingCollator
     from sft_recipe.recipe import build_config
     from sft_recipe.trainer import SFTTrainer
+    from sft_recipe.training_args import to_training_arguments
 
     rng = np.random.default_rng(0)
     valid = rng.integers(3, 40, size=(8, 64)).tolist()  # few distinct ids: some argmax hits
@@ -176,8 +187,8 @@ def test_untrained_model_starts_near_uniform_loss(bpe_tokenizer):
 
 
 def test_text_recipes_sample_randomly_instead_of_grouping_equal_length_blocks():
-    from sft_recipe.config import to_training_arguments
     from sft_recipe.recipe import build_config
+    from sft_recipe.training_args import to_training_arguments
 
     common = dict(dataset="x", from_scratch=True, model_config={"model_type": "gpt2"}, tokenizer_name="t",
                   group_by_length=True)

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import write_recipe
+
 from sft_recipe.errors import RecipeError
-from sft_recipe.recipe import load_recipe, parse_overrides, read_saved_recipe, save_recipe
+from sft_recipe.recipe import (
+    load_recipe,
+    parse_overrides,
+    read_saved_recipe,
+    save_recipe,
+)
 
 MINIMAL = {"model_name": "m", "dataset": "d.jsonl"}
 

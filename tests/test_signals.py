@@ -10,10 +10,10 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from conftest import base_recipe, write_recipe
 from transformers import TrainerControl
 
-from conftest import base_recipe, write_recipe
-from sft_recipe.save import last_complete_checkpoint
+from sft_recipe.checkpoints import last_complete_checkpoint
 from sft_recipe.signals import StopOnSignal, TrainingInterrupted
 
 ONE_PROCESS = SimpleNamespace(world_size=1)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import evaluate
+
 METRICS_DIR = Path(__file__).parent
 GENERATION_METRICS = ("exact_match", "rouge_l")
 
@@ -17,8 +19,6 @@ GENERATION_METRICS = ("exact_match", "rouge_l")
 @lru_cache(maxsize=None)
 def load_metric(name: str):
     """One of GENERATION_METRICS, loaded by path with `evaluate.load`."""
-    import evaluate
-
     return evaluate.load(str(METRICS_DIR / name))
 
 
@@ -29,3 +29,8 @@ def score_generations(predictions: list[str], references: list[str], prefix: str
         result = load_metric(name).compute(predictions=predictions, references=references)
         scores.update({f"{prefix}_{key}": float(value) for key, value in result.items()})
     return scores
+
+
+def normalise_answer(text: str) -> str:
+    """Whitespace-insensitive form of an answer: the rule exact match scores by."""
+    return " ".join(text.split())

@@ -8,7 +8,7 @@ stripping the ends, so a trailing newline in a generation is not a miss.
 import datasets
 import evaluate
 
-from sft_recipe.generate import normalise_answer
+from sft_recipe.metrics import normalise_answer
 
 _DESCRIPTION = "Share of predictions equal to their reference after whitespace normalisation."
 _KWARGS_DESCRIPTION = """

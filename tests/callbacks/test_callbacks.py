@@ -6,20 +6,27 @@ import os
 
 import pytest
 import torch
-from transformers import EarlyStoppingCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-
 from conftest import base_recipe
+from transformers import (
+    EarlyStoppingCallback,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+
 from sft_recipe.callbacks import (
-    LossCurveCallback,
     NanGuardCallback,
-    SamplesCallback,
-    ThroughputCallback,
     TrainingDiverged,
-    WandbRecipeCallback,
     build_callbacks,
-    format_throughput,
     loggers_last,
-    plot_loss_curve,
+)
+from sft_recipe.callbacks.loss_curve import LossCurveCallback, plot_loss_curve
+from sft_recipe.callbacks.reporting import WandbRecipeCallback
+from sft_recipe.callbacks.samples import SamplesCallback
+from sft_recipe.callbacks.throughput import (
+    ThroughputCallback,
+    format_throughput,
     throughput_metrics,
 )
 from sft_recipe.config import SFTConfig
@@ -137,6 +144,7 @@ def test_nan_from_a_user_callback_stops_training_with_one_line(tmp_path, alpaca_
     """End to end: a dotted-path user callback poisons the weights at step 2; nan_guard stops the
     run at the next log with a one-line error (exit 2). With report_to unset, wandb stays silent."""
     from conftest import write_recipe
+
     from sft_recipe.cli import main
 
     recipe = base_recipe(tmp_path, alpaca_file, bpe_tokenizer_dir, max_steps=4, eval_steps=4, save_steps=4,
@@ -158,7 +166,7 @@ def test_samples_for_chat_data_use_the_chat_template_and_its_stop_tokens(toy_tok
 
     from datasets import Dataset
 
-    from sft_recipe.chat import setup_chat_template
+    from sft_recipe.data.chat_template import setup_chat_template
 
     cfg = config(callbacks=["samples"], dataset_format="messages", chat_template="chatml")
     setup_chat_template(toy_tokenizer, cfg)

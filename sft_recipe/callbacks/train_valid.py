@@ -4,29 +4,13 @@ to the validation loss, at every evaluation (and at step 0 with `eval_on_start`)
 The training loss the Trainer logs is a running average over the last `logging_steps` batches
 (with dropout on); comparing it with the validation loss mixes two different measurements. Scoring
 the same seeded training rows as the validation rows, with the same code, shows over-fitting as
-it happens. `SFTTrainer` does the scoring (`train_sample=`); this module picks the rows and prints.
+it happens. `SFTTrainer` does the scoring (`train_sample=`), `data.prepare.sample_train_rows` picks the rows,
+and this callback prints.
 """
 
 from __future__ import annotations
 
-import numpy as np
 from transformers import TrainerCallback
-
-# Enough rows for a stable estimate; more only slows every evaluation down.
-TRAIN_SAMPLE_MAX_ROWS = 1024
-
-
-def fixed_sample(rows, n: int, seed: int):
-    """`n` rows chosen once with `seed`, kept in dataset order (all rows if there are fewer)."""
-    if n >= len(rows):
-        return rows
-    picked = np.random.default_rng(seed).choice(len(rows), size=n, replace=False)
-    return rows.select(np.sort(picked))
-
-
-def sample_train_rows(train, n_eval_rows: int, seed: int):
-    """As many training rows as there are eval rows, at most TRAIN_SAMPLE_MAX_ROWS."""
-    return fixed_sample(train, min(n_eval_rows, TRAIN_SAMPLE_MAX_ROWS), seed)
 
 
 class TrainValidTable(TrainerCallback):

@@ -7,13 +7,13 @@ a=10 dog=11 ran=12 to=13 big=14 red=15 blue=16 yes=17 no=18 one=19 two=20 three=
 from __future__ import annotations
 
 import datasets
+from conftest import TOY_WORDS, make_toy_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import TOY_WORDS, make_toy_tokenizer
-from sft_recipe.collate import PaddingCollator
-from sft_recipe.mask import IGNORE_INDEX, build_example
-from sft_recipe.tokenize import tokenize_prompt_completion
+from sft_recipe.data.collate import PaddingCollator
+from sft_recipe.data.mask import IGNORE_INDEX, build_example
+from sft_recipe.data.tokenization import tokenize_prompt_completion
 
 M = IGNORE_INDEX
 

@@ -12,10 +12,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Callable
 
-from .errors import UserError
+from ..errors import UserError
+from ..tokenizer_train import train_bpe
+from .prompts import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
+
+BUILTIN_PREFIX = "builtin:"
 
 DEMO_ROWS = 6000
 DEMO_SEED = 1234
@@ -105,8 +110,6 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
         except OSError:  # another process (DDP rank) won the race; its copy is identical
             if not path.exists():
                 raise
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     return path
 
@@ -126,12 +129,14 @@ def materialise_tokenizer(name: str) -> Path:
     """`builtin:tasks-bpe` -> directory of a byte-level BPE trained on the demo data."""
     if name != "builtin:tasks-bpe":
         raise UserError(f"{name}: unknown built-in tokenizer (available: builtin:tasks-bpe)")
-    from .templates import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
-    from .tokenizer_train import train_bpe
-
     def write(tmp: Path) -> None:
         texts = [ALPACA_WITH_INPUT, ALPACA_NO_INPUT] * 50
         texts += [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in make_rows()]
         train_bpe(texts, vocab_size=DEMO_VOCAB, output_dir=tmp)
 
     return _write_atomically(cache_dir() / f"tasks-bpe-v{DEMO_VERSION}-{DEMO_VOCAB}", write)
+
+
+def is_builtin(name: str | None) -> bool:
+    """True for `builtin:...` names, which sft-recipe generates instead of loading."""
+    return bool(name) and name.startswith(BUILTIN_PREFIX)  # type: ignore[union-attr]

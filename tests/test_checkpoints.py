@@ -13,11 +13,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import base_recipe, write_recipe
+
+from sft_recipe.artifacts import COMPLETE_MARKER
+from sft_recipe.checkpoints import last_complete_checkpoint, prepare_output_dir
 from sft_recipe.cli import main
 from sft_recipe.recipe import load_recipe
-from sft_recipe.save import COMPLETE_MARKER, last_complete_checkpoint, prepare_output_dir
 
 MAIN_PROCESS = SimpleNamespace(process_index=0)
 

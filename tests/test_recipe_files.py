@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sft_recipe.config import to_training_arguments
 from sft_recipe.recipe import load_recipe
+from sft_recipe.training_args import to_training_arguments
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ALL_YAML = sorted(RECIPES.rglob("*.yaml")) + sorted(RECIPES.rglob("*.yml"))

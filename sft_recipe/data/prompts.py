@@ -1,4 +1,4 @@
-"""Prompt templates: how a raw row becomes the prompt text the model sees.
+"""Alpaca prompt templates: how an instruction row becomes the prompt text the model sees.
 
 The same functions format rows for training and prompts for `generate`, so the two can never
 disagree about the template a model was trained with.
@@ -31,3 +31,13 @@ def format_prompt(dataset_format: str, text: str, input: str = "") -> str:
     if dataset_format == "alpaca":
         return alpaca_prompt(text, input)
     return text
+
+
+def short_prompt(prompt: str) -> str:
+    """The instruction of an Alpaca prompt (the template's boilerplate hides it), else the prompt."""
+    if "### Instruction:\n" not in prompt:
+        return prompt.strip()
+    instruction = prompt.split("### Instruction:\n", 1)[1].split("\n\n### ", 1)[0]
+    if "### Input:\n" in prompt:
+        instruction += " | input: " + prompt.split("### Input:\n", 1)[1].split("\n\n### ", 1)[0]
+    return instruction

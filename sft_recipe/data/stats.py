@@ -1,0 +1,52 @@
+"""What preprocessing did to the data: counts logged at the start of a run and saved with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class TokenStats:
+    """What preprocessing did to the data; logged at start and saved with the run."""
+
+    rows: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped_empty: int = 0
+    dropped_too_long: int = 0
+    dropped_other: int = 0
+    dropped_tokens: int = 0
+    tokens: int = 0
+    trainable_tokens: int = 0
+
+    @property
+    def trainable_share(self) -> float:
+        return self.trainable_tokens / self.tokens if self.tokens else 0.0
+
+    def add(self, other: "TokenStats") -> "TokenStats":
+        return TokenStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def summary(self) -> str:
+        return (
+            f"rows {self.rows}: kept {self.kept}, truncated {self.truncated}, dropped {self.dropped_empty} "
+            f"empty + {self.dropped_too_long} prompt too long + {self.dropped_other} other "
+            f"(+{self.dropped_tokens} tail tokens); "
+            f"{self.tokens} tokens, {self.trainable_share:.1%} trainable"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "trainable_share": self.trainable_share}
+
+
+def row_stats(raw_rows: int, tokenized) -> TokenStats:
+    """Counts for a tokenized split; rows that vanished in the map were dropped for length."""
+    if len(tokenized) == 0:  # every row dropped: the map output has no columns to sum
+        return TokenStats(rows=raw_rows, dropped_too_long=raw_rows)
+    return TokenStats(
+        rows=raw_rows, kept=len(tokenized), truncated=int(np.sum(tokenized["truncated"])),
+        dropped_too_long=raw_rows - len(tokenized), tokens=int(np.sum(tokenized["length"])),
+        trainable_tokens=int(np.sum(tokenized["trainable"])),
+    )

@@ -1,0 +1,98 @@
+"""`SFTConfig` -> `transformers.TrainingArguments`, field by field.
+
+The recipe owns the fields in `config.MAPPED_TRAINING_ARGS` (a recipe that also sets one in
+`training_args` is refused); everything else in `training_args` passes through unchanged. Building
+the arguments also initialises the (possibly distributed) state, so it is the first step of a run.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from .config import MAPPED_TRAINING_ARGS, SFTConfig
+from .errors import RecipeError
+from .hardware import default_loss_chunk_size, resolve_precision
+
+
+def loss_chunk_size(config: SFTConfig) -> int:
+    """The recipe's `loss_chunk_size`, or the machine's default (`hardware.default_loss_chunk_size`)."""
+    return config.loss_chunk_size if config.loss_chunk_size is not None else default_loss_chunk_size()
+
+
+def to_training_arguments(config: SFTConfig, **overrides: Any):
+    """Map the recipe onto `TrainingArguments`, field by field; `overrides` win (used by tests)."""
+    precision = resolve_precision(config.precision)
+    on_gpu = torch.cuda.is_available()
+    # On a GPU activations are what limit batch and length, and the recompute is matmuls it runs
+    # fast; on the CPU the models are small and the recompute costs more than it saves
+    # (measured in benchmarks/README.md).
+    checkpointing = on_gpu if config.gradient_checkpointing is None else config.gradient_checkpointing
+
+    mapped: dict[str, Any] = dict(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size or config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler_type,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        eval_strategy="steps",
+        eval_steps=config.eval_steps,
+        eval_on_start=config.eval_on_start,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        report_to=list(config.report_to) or "none",
+        # Length grouping only pays on the padded path; packed batches carry no padding.
+        # Text blocks all have the same length: grouping would only cost a pass over the dataset.
+        train_sampling_strategy="group_by_length"
+        if config.group_by_length and not config.packing and config.dataset_format != "text" else "random",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        torch_compile=config.torch_compile,
+        # transformers' new name for gradient checkpointing. Non-reentrant: works with frozen inputs
+        # (LoRA) and replays dropout's random state on recompute.
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        # Our columns are exactly what the model and loss need ("length" is dropped by the collator).
+        remove_unused_columns=False,
+        # A KV cache during training lets packed rows attend to each other: never on.
+        use_cache=False,
+        # Normalize the loss by trainable tokens summed over all devices, not averaged per device.
+        average_tokens_across_devices=True,
+        include_num_input_tokens_seen="non_padding",
+        # TF32 matmuls and pinned host memory only mean something on a GPU.
+        tf32=True if on_gpu and torch.cuda.get_device_capability()[0] >= 8 else None,
+        # One kernel per parameter group on CPU and GPU: no parameter-sized temporaries per step.
+        optim="adamw_torch_fused",
+        dataloader_pin_memory=on_gpu,
+        # Say CPU explicitly when there is no accelerator, so that bf16 on CPU is accepted.
+        use_cpu=not on_gpu and not torch.backends.mps.is_available(),
+        # Progress bars for people; one log line per logging step for files and CI.
+        disable_tqdm=not sys.stderr.isatty(),
+        # Log a NaN/Inf loss as it is (the Trainer would hide it) so the nan_guard callback can stop.
+        logging_nan_inf_filter=False,
+    )
+    assert set(mapped) == MAPPED_TRAINING_ARGS, set(mapped) ^ MAPPED_TRAINING_ARGS
+    mapped.update(config.training_args)
+    mapped.update(overrides)
+    try:
+        return TrainingArguments(**mapped)
+    except TypeError as exc:  # unknown pass-through key
+        raise RecipeError(f"training_args: {exc}") from None
+    except ValueError as exc:
+        raise RecipeError(f"training arguments rejected: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,144 @@
+"""Chat templates: installing one, special tokens, end-of-turn markers, BOS, bad values."""
+
+from __future__ import annotations
+
+import pytest
+from chat_helpers import (
+    A1,
+    A2,
+    ASSISTANT,
+    CHATML,
+    END,
+    GOLDEN,
+    Q1,
+    Q2,
+    START,
+    USER,
+    X,
+    chat_tokenizer,
+    config,
+    tokenize,
+)
+from conftest import make_toy_tokenizer
+
+from sft_recipe.data.chat_template import (
+    chat_prompt,
+    end_of_turn_ids,
+    setup_chat_template,
+    stop_token_ids,
+)
+from sft_recipe.errors import DataError, RecipeError
+
+# --- templates ----------------------------------------------------------------------------
+
+def test_chatml_adds_missing_special_tokens_once():
+    tokenizer = chat_tokenizer()
+    assert tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [START, END]
+    assert len(tokenizer) == 28
+    setup_chat_template(tokenizer, config())
+    assert len(tokenizer) == 28
+    assert end_of_turn_ids(tokenizer) == [END]
+    assert stop_token_ids(tokenizer) == [END, 1]
+
+
+def test_tokenizer_own_template_is_used_when_the_recipe_sets_none():
+    tokenizer = chat_tokenizer()  # now carries ChatML itself
+    rows, _ = tokenize([[Q1, A1]], tokenizer=tokenizer, chat_template=None)
+    assert rows[0]["labels"] == GOLDEN["1 turn"][2]
+
+
+def test_template_with_generation_blocks_matches_transformers_assistant_mask(tmp_path):
+    """The prefix method agrees with `return_assistant_tokens_mask` where that one works."""
+    template = CHATML.replace("message['content'] + '<|im_end|>' + '\\n' -}}",
+                              "'' -}}{%- if message['role'] == 'assistant' -%}{%- generation -%}"
+                              "{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}"
+                              "{%- else -%}{{- message['content'] + '<|im_end|>' -}}{%- endif -%}{{- '\\n' -}}")
+    assert template != CHATML
+    path = tmp_path / "chatml-generation.jinja"
+    path.write_text(template, encoding="utf-8")
+    cfg = config(chat_template=str(path))
+    tokenizer = chat_tokenizer(cfg)
+    messages = GOLDEN["3 turns + system"][0]
+    rows, _ = tokenize([messages], tokenizer=tokenizer, chat_template=str(path))
+    hf = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+    assert rows[0]["input_ids"] == hf["input_ids"] == GOLDEN["3 turns + system"][1]
+    assert [lab != X for lab in rows[0]["labels"]] == [bool(m) for m in hf["assistant_masks"]]
+
+
+def test_template_ending_turns_with_eos(tmp_path):
+    """A Zephyr-style template: `</s>` closes each turn and is trained."""
+    path = tmp_path / "zephyr.jinja"
+    path.write_text("{% for m in messages %}{{ m['role'] }} {{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+                    "{% if add_generation_prompt %}assistant {% endif %}", encoding="utf-8")
+    rows, _ = tokenize([[Q1, A1, Q2, A2]], chat_template=str(path))
+    assert rows[0]["input_ids"] == [USER, 5, 6, 1, ASSISTANT, 17, 1, USER, 10, 11, 1, ASSISTANT, 18, 1]
+    assert rows[0]["labels"] == [X, X, X, X, X, 17, 1, X, X, X, X, X, 18, 1]
+
+
+def test_template_that_rewrites_history_fails_the_prefix_check(tmp_path):
+    """Like templates that strip reasoning from earlier turns: earlier answers render differently."""
+    path = tmp_path / "rewrites.jinja"
+    path.write_text(
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' and not loop.last %}no{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", encoding="utf-8")
+    with pytest.raises(DataError, match=r"rewrites\.jinja: rendering is not prefix-stable at message 4"):
+        tokenize([[Q1, A1, Q2, A2]], chat_template=str(path))
+    rows, _ = tokenize([[Q1, A1]], chat_template=str(path))  # one turn has no history to rewrite
+    assert rows[0]["labels"] == GOLDEN["1 turn"][2]
+
+
+def test_template_without_an_end_of_turn_token_is_rejected(tmp_path):
+    path = tmp_path / "plain.jinja"
+    path.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                    "{% if add_generation_prompt %}assistant: {% endif %}", encoding="utf-8")
+    with pytest.raises(RecipeError, match="plain.jinja: assistant turns end without a special token"):
+        tokenize([[Q1, A1]], chat_template=str(path))
+
+
+def test_bos_in_the_template_is_not_doubled():
+    """The template writes BOS; a tokenizer that adds BOS itself must not add a second one,
+    neither in training rows nor in the generation prompt."""
+    cfg = config()
+    tokenizer = chat_tokenizer(cfg, add_bos=True)
+    tokenizer.chat_template = "{{ bos_token }}" + CHATML
+    assert tokenizer("the", add_special_tokens=True)["input_ids"] == [2, 5]  # it does add BOS by itself
+    rows, _ = tokenize([[Q1, A1]], tokenizer=tokenizer, chat_template=None)
+    assert rows[0]["input_ids"] == [2] + GOLDEN["1 turn"][1]
+    assert rows[0]["labels"] == [X] + GOLDEN["1 turn"][2]
+    prompt = chat_prompt(tokenizer, [Q1])
+    assert tokenizer(prompt, add_special_tokens=False)["input_ids"] == [2, START, USER, 5, 6, END, START, ASSISTANT]
+
+
+def test_turn_by_turn_tokenization_is_checked_against_the_whole_conversation(caplog):
+    """A Metaspace (SentencePiece-style) tokenizer prepends '▁' to every call, so a turn tokenized
+    on its own starts with an extra '▁': that is warned about, while ChatML on the toy agrees."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from sft_recipe.data.tokenization import check_turn_tokenization
+
+    assert check_turn_tokenization(chat_tokenizer(), "chatml")
+    words = ["<pad>", "</s>", "<s>", "▁", "▁[INST]", "▁[/INST]", "▁Hi", "▁there", "▁Good."]
+    spm = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    spm.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=spm, eos_token="</s>", bos_token="<s>", pad_token="<pad>")
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                               "{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
+    with caplog.at_level("WARNING", logger="sft_recipe.data.tokenization"):
+        assert not check_turn_tokenization(tokenizer, "llama2.jinja")
+    assert "llama2.jinja: tokenizing turn by turn gives other ids" in caplog.text
+
+
+def test_no_template_at_all_is_a_recipe_error():
+    with pytest.raises(RecipeError, match="toy: the tokenizer has no chat template; set chat_template: chatml"):
+        tokenize([[Q1, A1]], tokenizer=make_toy_tokenizer(), chat_template=None)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("chatlm", "chat_template: unknown built-in template 'chatlm' \\(built-ins: chatml"),
+    ("missing.jinja", "chat_template: missing.jinja: template file not found"),
+])
+def test_bad_chat_template_value(value, message):
+    with pytest.raises(RecipeError, match=message):
+        setup_chat_template(make_toy_tokenizer(), config(chat_template=value))
