@@ -4,6 +4,7 @@ both score rows with exactly the same batching and loss."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from transformers import set_seed
@@ -35,11 +36,13 @@ def build_eval_trainer(config: SFTConfig, args, model, tokenizer, eval_rows: Any
                       processing_class=tokenizer, loss_chunk_size=loss_chunk_size(config))
 
 
-def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData) -> tuple[SFTTrainer, StopOnSignal]:
+def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
+                  new_token_ids: Sequence[int] = ()) -> tuple[SFTTrainer, StopOnSignal]:
     """The model (seeded first: from-scratch weights must not depend on what ran before), its
-    collator, the evaluation rows and the callbacks, as one `SFTTrainer`; and the signal handler."""
+    collator, the evaluation rows and the callbacks, as one `SFTTrainer`; and the signal handler.
+    `new_token_ids`: tokens the chat template added, initialised by `model.load_model`."""
     set_seed(config.seed)
-    model = load_model(config, tokenizer)
+    model = load_model(config, tokenizer, new_token_ids)
     if config.lora is not None:
         model = wrap_lora(model, config.lora)
     checkpointing_supported(model, args)

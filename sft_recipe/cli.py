@@ -63,6 +63,7 @@ def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .chat import read_tools
     from .data.chat_template import chat_prompt, stop_token_ids
     from .data.prompts import format_prompt
     from .generate import generate_answers
@@ -70,11 +71,17 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     from .recipe import read_saved_recipe
 
     reject_overrides(overrides)
+    tools = read_tools(args.tools)
     model, tokenizer = load_for_inference(args.model_dir)
     recipe = read_saved_recipe(args.model_dir)
     dataset_format = "text" if args.raw else recipe.get("dataset_format", "text")
+    if tools and dataset_format != "messages":
+        raise UserError(f"--tools: {args.model_dir} was not trained on chat data (dataset_format "
+                        f"{dataset_format}); tools are rendered by a chat template")
     if dataset_format == "messages":
-        prompt, stops = chat_prompt(tokenizer, [{"role": "user", "content": args.text}]), stop_token_ids(tokenizer)
+        kwargs = recipe.get("chat_template_kwargs") or {}
+        prompt = chat_prompt(tokenizer, [{"role": "user", "content": args.text}], tools, kwargs)
+        stops = stop_token_ids(tokenizer, kwargs)
     else:
         prompt, stops = format_prompt(dataset_format, args.text, args.input), None
     (answer,) = generate_answers(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
@@ -85,16 +92,20 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .chat import chat_loop
+    from .chat import chat_loop, read_tools
     from .model import load_for_inference
+    from .recipe import read_saved_recipe
 
     reject_overrides(overrides)
+    tools = read_tools(args.tools)
     model, tokenizer = load_for_inference(args.model_dir)
     if tokenizer.chat_template is None:
         raise UserError(f"{args.model_dir}: the saved tokenizer has no chat template; train with "
                         "dataset_format: messages (and chat_template: chatml if the tokenizer has none)")
+    kwargs = read_saved_recipe(args.model_dir).get("chat_template_kwargs") or {}
     chat_loop(model, tokenizer, sys.stdin, sys.stdout, max_new_tokens=args.max_new_tokens,
-              temperature=args.temperature, top_p=args.top_p, system=args.system)
+              temperature=args.temperature, top_p=args.top_p, system=args.system, tools=tools,
+              chat_template_kwargs=kwargs)
     return 0
 
 
@@ -162,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_new_tokens", type=int, default=128, help="generation length limit")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling threshold (with temperature)")
+    p.add_argument("--tools", default=None, help="JSON file with a list of tool schemas, rendered by the chat template")
     p.set_defaults(func=cmd_generate, takes_overrides=False)
 
     p = sub.add_parser("chat", help="talk to a trained chat model in the terminal (/reset, /exit)")
@@ -170,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_new_tokens", type=int, default=256, help="generation length limit per answer")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling threshold (with temperature)")
+    p.add_argument("--tools", default=None, help="JSON file with a list of tool schemas, rendered by the chat template")
     p.set_defaults(func=cmd_chat, takes_overrides=False)
 
     p = sub.add_parser("eval", help="evaluate a saved model on the recipe's held-out split",

@@ -67,6 +67,11 @@ class SFTConfig:
     chat_template: str | None = field(
         default=None, metadata={"help": "A .jinja file or a built-in name (chatml) for messages data."}
     )
+    chat_template_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Extra variables for the chat template, e.g. {enable_thinking: false} (Qwen3) or "
+                          "{date_string: 26 Jul 2024} (Llama 3 stamps today's date otherwise)."},
+    )
     train_on: TrainOn = field(
         default="all_assistant", metadata={"help": "Which assistant turns carry loss: all_assistant | last_assistant."}
     )
@@ -267,7 +272,7 @@ NOT_TRAINING_ARGS = frozenset({
     "model_name", "tokenizer_name", "from_scratch", "model_config", "trust_remote_code", "attn_implementation",
     "dataset", "dataset_format", "dataset_config", "dataset_split", "eval_fraction", "max_examples",
     "max_eval_samples",
-    "max_length", "chat_template", "train_on", "num_proc", "packing", "pad_to_multiple_of",
+    "max_length", "chat_template", "chat_template_kwargs", "train_on", "num_proc", "packing", "pad_to_multiple_of",
     "loss_chunk_size", "generation_eval_samples", "max_new_tokens", "training_args", "callbacks", "eval_train_sample",
     "early_stopping_patience", "sample_prompts", "overwrite_output_dir", "push_to_hub", "hub_model_id", "lora",
     "release_host_memory",

@@ -55,7 +55,7 @@ def generation_check(config: SFTConfig, trainer, tokenizer, data: PreparedData, 
     rows = data.eval_raw.select(range(min(config.generation_eval_samples, len(data.eval_raw))))
     chat_kwargs: dict[str, Any] = {}
     if "messages" in rows.column_names:  # answer each conversation's last user turn
-        rows, chat_kwargs = last_turn_prompts(rows, tokenizer)
+        rows, chat_kwargs = last_turn_prompts(rows, tokenizer, config.chat_template_kwargs)
     if "prompt" not in rows.column_names or len(rows) == 0:
         return {}
     answers = generate_answers(trainer.model, tokenizer, rows["prompt"], max_new_tokens=config.max_new_tokens,

@@ -6,6 +6,7 @@ Weights load as safetensors only (no pickle), and remote code runs only if the r
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,8 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
-    """`AutoTokenizer.from_pretrained`, with a pad token guaranteed (EOS if none is set: padding is
-    masked by position, so sharing the id with EOS is harmless)."""
+    """`AutoTokenizer.from_pretrained`, with a pad token guaranteed (`choose_pad_token`)."""
     if is_builtin(name):
         name = str(materialise_tokenizer(name))
     try:
@@ -31,12 +31,40 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     except (OSError, ValueError) as exc:
         raise UserError(f"{name}: cannot load tokenizer ({_first_line(exc)})") from None
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.pad_token = choose_pad_token(tokenizer)
     return tokenizer
 
 
-def load_model(config: SFTConfig, tokenizer):
-    """The model the recipe describes, on CPU in the dtype training will use."""
+def choose_pad_token(tokenizer) -> str | None:
+    """A pad token for a tokenizer that has none (Llama 3): a special token of the vocabulary whose
+    name says pad (`<|finetune_right_pad_id|>`, `<pad>`), else EOS. Padding is labelled -100 *by
+    position* in the collator, never by id, so no choice can mask a trained token (EOS or an
+    end-of-turn marker that shares the id stays trained); a dedicated pad just keeps the two apart."""
+    pads = sorted(t.content for t in tokenizer.added_tokens_decoder.values() if t.special and "pad" in t.content.lower())
+    return pads[0] if pads else tokenizer.eos_token
+
+
+def init_new_embeddings(model, token_ids: Sequence[int]) -> None:
+    """Rows of tokens added for a chat template start at the mean of the existing rows, in the input
+    embeddings and in an untied output head: a random row would give the new tokens arbitrary
+    logits, and an all-zero or leftover row (vocabularies padded to a multiple of 64) is untrained."""
+    ids = sorted(set(token_ids))
+    if not ids:
+        return
+    with torch.no_grad():
+        inputs = model.get_input_embeddings().weight
+        old = inputs[:ids[0]]
+        inputs[ids] = old.mean(0).to(inputs.dtype)
+        head = model.get_output_embeddings()
+        if head is not None and head.weight.data_ptr() != inputs.data_ptr():
+            head.weight[ids] = head.weight[:ids[0]].mean(0).to(head.weight.dtype)
+            if getattr(head, "bias", None) is not None:
+                head.bias[ids] = head.bias[:ids[0]].mean()
+
+
+def load_model(config: SFTConfig, tokenizer, new_token_ids: Sequence[int] = ()):
+    """The model the recipe describes, on CPU in the dtype training will use; `new_token_ids` are
+    tokens added to the vocabulary for the chat template (see `init_new_embeddings`)."""
     precision = resolve_precision(config.precision)
     dtype = torch.bfloat16 if precision == "bf16" and config.lora is not None else torch.float32
     attn = config.attn_implementation or default_attention()
@@ -68,7 +96,8 @@ def load_model(config: SFTConfig, tokenizer):
         raise UserError(f"{name}: cannot load model ({_first_line(exc)})") from None
     log.info("loaded %s: %.2fM parameters", name, model.num_parameters() / 1e6)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows set by init_new_embeddings
+    init_new_embeddings(model, new_token_ids)
     return model
 
 

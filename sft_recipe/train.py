@@ -33,12 +33,12 @@ def train(config: SFTConfig) -> dict[str, Any]:
     # 2. data: tokenized once, on the main process first; the other processes read its cache
     with args.main_process_first(desc="preprocessing"):
         tokenizer = load_tokenizer(config.resolved_tokenizer_name, config.trust_remote_code)
-        setup_chat_template(tokenizer, config)  # may add tokens: before the model gets its embeddings
+        new_token_ids = setup_chat_template(tokenizer, config)  # before the model gets its embeddings
         data = prepare_data(config, tokenizer)
     log.info("data: %s", describe_stats(data.stats))
 
     # 3. model and trainer
-    trainer, stop = build_trainer(config, args, tokenizer, data)
+    trainer, stop = build_trainer(config, args, tokenizer, data, new_token_ids)
 
     # 4. train (resuming if a complete checkpoint exists), then evaluate the best model
     before = generation_check(config, trainer, tokenizer, data, "untrained") if config.generation_eval_samples \

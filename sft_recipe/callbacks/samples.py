@@ -49,11 +49,13 @@ def sample_prompts(config: SFTConfig, tokenizer, data: Any) -> tuple[list[str], 
     eval_raw = data.eval_raw if data is not None else None
     first = eval_raw.select(range(min(SAMPLE_PROMPTS_FROM_EVAL, len(eval_raw)))) if eval_raw is not None else None
     if config.dataset_format == "messages":
-        chat = {"stop_token_ids": stop_token_ids(tokenizer), "add_special_tokens": False}  # template has BOS
+        kwargs = config.chat_template_kwargs
+        chat = {"stop_token_ids": stop_token_ids(tokenizer, kwargs), "add_special_tokens": False}  # template has BOS
         if config.sample_prompts:
-            return [chat_prompt(tokenizer, [{"role": "user", "content": text}]) for text in config.sample_prompts], chat
+            return [chat_prompt(tokenizer, [{"role": "user", "content": text}], None, kwargs)
+                    for text in config.sample_prompts], chat
         if first is not None and "messages" in first.column_names:
-            return list(last_turn_prompts(first, tokenizer)[0]["prompt"]), chat
+            return list(last_turn_prompts(first, tokenizer, kwargs)[0]["prompt"]), chat
     elif config.sample_prompts:
         return [format_prompt(config.dataset_format, text) for text in config.sample_prompts], {}
     elif first is not None and "prompt" in first.column_names:

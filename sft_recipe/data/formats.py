@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from ..errors import DataError
+from .messages import normalise_messages
 from .prompts import alpaca_prompt
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,8 @@ REQUIRED_COLUMNS = {
 
 
 OPTIONAL_STRING_COLUMNS = {"alpaca": ("input",)}
-ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system"}
+                  "system": "system", "tool": "tool", "function_call": "assistant", "observation": "tool"}
 
 
 def normalise(dataset, dataset_format: str, source: str):
@@ -127,26 +127,22 @@ def prompt_completion_to_messages(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_conversations(dataset, source: str):
-    """Every row must be a list of {role, content} with a known role and string content; the first
-    turn may not be an assistant's (a template cannot render the prompt before it)."""
-    rows = (m for batch in dataset.select_columns(["messages"]).iter(batch_size=1000) for m in batch["messages"])
-    for i, messages in enumerate(rows):  # streamed in batches: a large dataset never sits in Python at once
-        where = f"{source}: row {i + 1}"
-        if not isinstance(messages, list):
-            kind = "null" if messages is None else type(messages).__name__
-            raise DataError(f"{where}: key 'messages' must be a list of {{role, content}}, got {kind}")
-        for j, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise DataError(f"{where}: key 'messages[{j}]' must be an object with role and content, "
-                                f"got {type(message).__name__}")
-            role, content = message.get("role"), message.get("content")
-            if role not in ROLES:
-                raise DataError(f"{where}: key 'messages[{j}].role' must be one of {', '.join(ROLES)}, "
-                                f"got {role!r}")
-            if not isinstance(content, str):
-                kind = "null" if content is None else type(content).__name__
-                raise DataError(f"{where}: key 'messages[{j}].content' must be a string, got {kind}")
-        if messages and messages[0]["role"] == "assistant":
-            raise DataError(f"{where}: key 'messages[0].role': a conversation cannot start with an "
-                            "assistant turn; put a user (or system) turn first")
-    return dataset.select_columns(["messages"])
+    """Every row must be a valid conversation (`messages.normalise_messages`: roles, content,
+    tool calls, the row's `tools`) whose first turn is not an assistant's (a template cannot render
+    the prompt before it). Returns `messages` (and `tools`) plus `source_row`, the 1-based row the
+    tokenizer names in its errors after the train/eval split has reordered rows."""
+    columns = ["messages"] + (["tools"] if "tools" in dataset.column_names else [])
+    row = 0
+    for batch in dataset.select_columns(columns).iter(batch_size=1000):  # never the whole dataset in Python
+        tools_column = batch["tools"] if "tools" in batch else [None] * len(batch["messages"])
+        for messages, tools in zip(batch["messages"], tools_column):
+            row += 1
+            try:
+                messages, _ = normalise_messages(messages, tools)
+            except DataError as exc:
+                raise DataError(f"{source}: row {row}: {exc}") from None
+            if messages and messages[0]["role"] == "assistant":
+                raise DataError(f"{source}: row {row}: key 'messages[0].role': a conversation cannot start with an "
+                                "assistant turn; put a user (or system) turn first")
+    rows = dataset.select_columns(columns)
+    return rows.add_column("source_row", list(range(1, len(rows) + 1)))

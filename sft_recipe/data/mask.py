@@ -11,15 +11,16 @@ Prompt/completion rows (each rule has a golden test in tests/data/test_mask.py):
 4. Too long: the completion is cut from its end. A prompt that leaves no room for a single
    completion token is dropped, so no row is ever fully masked.
 
-Conversations (`conversation_segments`, `fit_segments`; the rendering is `chat_template.py`'s):
-5. The text an assistant turn adds is its content plus the template's end-of-turn marker
-   (`<|im_end|>` for ChatML). That is trained, marker included, so the model learns to stop;
-   whitespace the template puts after the marker (ChatML's `\\n`) is not. System and user turns,
-   role headers and the generation prompt are never trained.
+Conversations (`span_labels`, `fit_turns`; `chat_turns.py` locates the turns in the rendering):
+5. An assistant turn is trained from the end of its role header to the end of the end-of-turn
+   marker after it (`<|im_end|>`, `<|eot_id|>`, `</s>`...), so the model learns to stop; its tool
+   calls and any reasoning the template renders in the turn are part of it. Whitespace after the
+   marker, an EOS a template appends after the last turn, system, user and tool turns, role
+   headers and the tool list are never trained. Tokens are those of the whole rendering.
 6. `train_on: all_assistant` trains every assistant turn; `last_assistant` only the final one.
-   Empty or whitespace-only assistant turns stay as context but are never trained; a
-   conversation with no trainable turn left is dropped (`dropped_empty`), and so is one that
-   ends on a user (or system) turn (`dropped_other`).
+   Empty or whitespace-only assistant turns (without tool calls) stay as context but are never
+   trained; a conversation with no trainable turn left is dropped (`dropped_empty`), and so is
+   one that ends on a user, system or tool turn (`dropped_other`).
 7. Truncation to `max_length` cuts after the last trainable turn that fits whole, end marker
    included, so no row ends in a half-trained turn. Only when not even the first trainable turn
    fits is that turn cut mid-way (the one way to keep any trainable token); when its header alone
@@ -34,6 +35,7 @@ row's first label is -100 so no row learns to predict the next row's first token
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import datasets
@@ -70,54 +72,53 @@ def build_example(prompt_ids: list[int], completion_ids: list[int], max_length: 
     )
 
 
-def conversation_segments(messages: list[dict], prompts: list[str], fulls: list[str], train_on: str,
-                          name: str) -> list[tuple[str, bool]]:
-    """Split a rendered conversation into (text, trained) pieces, checking prefix stability.
-
-    `prompts[k]`/`fulls[k]` are the renderings before/including the k-th assistant turn.
-    """
-    assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    segments: list[tuple[str, bool]] = []
-    done, pending = "", ""  # text rendered so far; untrained text waiting for the next piece
-    for k, (index, prompt, full) in enumerate(zip(assistants, prompts, fulls)):
-        if not prompt.startswith(done) or not full.startswith(prompt):
-            turn = index + 1
-            raise DataError(
-                f"{name}: rendering is not prefix-stable at message {turn} (the template renders earlier turns "
-                "differently once later ones follow, or its generation prompt differs from the assistant "
-                "header), so per-turn labels would be wrong; use a template that renders history unchanged"
-            )
-        span = full[len(prompt):]
-        body = span.rstrip()  # the content and end-of-turn marker; trailing newlines stay untrained
-        trained = bool(messages[index]["content"].strip()) and (train_on == "all_assistant" or k == len(assistants) - 1)
-        segments += [(pending + prompt[len(done):], False), (body, trained)]
-        pending, done = span[len(body):], full
-    segments.append((pending, False))
-    return segments
+def span_labels(text: str, ids: list[int], offsets: Sequence[tuple[int, int]],
+                spans: list[tuple[int, int]]) -> list[int]:
+    """Labels for the tokens of `text` (ids with character `offsets`): a token is trained when it
+    overlaps a trained character span (rule 5), except a token that starts before the span (in the
+    role header) and carries only whitespace of the answer. That covers a header newline merged
+    with an answer's leading newline into one token, and headers such as Phi-3's `<|assistant|>`
+    that absorb the whitespace after them: at generation time the prompt already ends with such a
+    token, so the model could never produce it; training it would teach the header as output."""
+    labels = [IGNORE_INDEX] * len(ids)
+    for n, (a, b) in enumerate(offsets):
+        if any(_in_span(text, a, b, s, e) for s, e in spans):
+            labels[n] = ids[n]
+    return labels
 
 
-def fit_segments(pieces: list[tuple[list[int], bool]], max_length: int) -> tuple[Example | None, str]:
-    """Join tokenized pieces into a row, truncating by the policy in the module docstring."""
-    ids = [i for piece, _ in pieces for i in piece]
-    labels = [i if trained else IGNORE_INDEX for piece, trained in pieces for i in piece]
-    if not any(trained and piece for piece, trained in pieces):
+def _in_span(text: str, a: int, b: int, s: int, e: int) -> bool:
+    if a == b:  # zero-width (e.g. an added special token without text): inside or not
+        return s <= a < e
+    if not (a < e and b > s):
+        return False
+    return a >= s or bool(text[s:min(b, e)].strip())
+
+
+def fit_turns(input_ids: list[int], labels: list[int], max_length: int) -> tuple[Example | None, str]:
+    """A conversation row cut to `max_length` by rule 7, or (None, drop reason). A trained turn is a
+    maximal run of trained labels (turns are always separated by an untrained header)."""
+    runs, n = [], 0
+    while n < len(labels):
+        if labels[n] == IGNORE_INDEX:
+            n += 1
+            continue
+        start = n
+        while n < len(labels) and labels[n] != IGNORE_INDEX:
+            n += 1
+        runs.append((start, n))
+    if not runs:
         return None, DROP_EMPTY
-    if len(ids) <= max_length:
-        return Example(ids, labels, truncated=False), ""
-    ends, start, first_start = [], 0, None
-    for piece, trained in pieces:
-        if trained and piece:
-            first_start = start if first_start is None else first_start
-            ends.append(start + len(piece))
-        start += len(piece)
-    whole = [end for end in ends if end <= max_length]
+    if len(input_ids) <= max_length:
+        return Example(list(input_ids), list(labels), truncated=False), ""
+    whole = [end for _, end in runs if end <= max_length]
     if whole:
         cut = whole[-1]
-    elif first_start is not None and first_start < max_length:
+    elif runs[0][0] < max_length:
         cut = max_length  # a half turn: the only way to keep any trainable token
     else:
         return None, DROP_TOO_LONG
-    return Example(ids[:cut], labels[:cut], truncated=True), ""
+    return Example(list(input_ids[:cut]), list(labels[:cut]), truncated=True), ""
 
 
 def to_blocks(ids, max_length: int, name: str):

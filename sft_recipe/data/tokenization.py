@@ -4,14 +4,7 @@ All tokenization runs in batched `datasets.map` calls: fast tokenizers encode a 
 Rust, `num_proc` spreads large datasets over cores, and the map cache means a second run of the
 same recipe does not tokenize again. Which tokens are trained is decided in `mask.py`.
 
-Conversations are rendered by the chat template prefix by prefix: for assistant turn i, the
-history before it with the generation prompt, then the history including it. Each rendering must
-start with the previous one, otherwise the template re-renders history differently and the run
-stops with an error naming the template. The pieces are tokenized separately with
-`add_special_tokens=False`: the template writes any BOS itself, so there is exactly one, and a
-turn boundary never moves inside a merged token. A tokenizer for which that differs from
-tokenizing the whole conversation (SentencePiece with a prefix space per call) gets a warning;
-`sft-recipe preprocess` shows the rows to check.
+Conversations are rendered once each and masked by the turns `chat_turns.py` locates.
 """
 
 from __future__ import annotations
@@ -24,18 +17,19 @@ from typing import Callable
 import datasets
 
 from ..config import SFTConfig
-from ..errors import DataError
-from .chat_template import end_of_turn_ids, render, require_template, template_name
+from ..errors import DataError, RecipeError
+from .chat_template import end_of_turn_markers, require_template, template_name
+from .chat_turns import encode_conversation
 from .mask import (
     DROP_EMPTY,
     DROP_TOO_LONG,
     DROP_UNANSWERED,
     Example,
     build_example,
-    conversation_segments,
-    fit_segments,
+    fit_turns,
     to_blocks,
 )
+from .messages import normalise_messages
 from .stats import TokenStats
 
 log = logging.getLogger(__name__)
@@ -150,53 +144,33 @@ def encode_text(dataset, tokenizer, *, add_eos: bool, num_proc: int | None = Non
 
 # --- conversations ---------------------------------------------------------------------------
 
-def check_turn_tokenization(tokenizer, name: str) -> bool:
-    """Warn when tokenizing turn by turn gives other ids than tokenizing the whole conversation,
-    as with SentencePiece tokenizers that prepend a space to every call: earlier turns would then
-    be trained on ids that a generation prompt spells differently. Returns True when they agree."""
-    probe = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Fine, thanks."},
-             {"role": "user", "content": "And you?"}, {"role": "assistant", "content": "Good."}]
-    prompts = render(tokenizer, [probe[:1], probe[:3]], True, name)
-    fulls = render(tokenizer, [probe[:2], probe[:4]], False, name)
-    try:
-        texts = [text for text, _ in conversation_segments(probe, prompts, fulls, "all_assistant", name)]
-    except DataError:  # not prefix-stable over two turns: the data will say so if it has two turns
-        return True
-    pieces = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    whole = tokenizer("".join(texts), add_special_tokens=False)["input_ids"]
-    if [i for piece in pieces for i in piece] == whole:
-        return True
-    log.warning("%s: tokenizing turn by turn gives other ids than tokenizing the whole conversation (a tokenizer "
-                "that adds a prefix space per call?); rows use the turn-by-turn ids, check them with "
-                "`sft-recipe preprocess`", name)
-    return False
-
-
 def tokenize_messages(dataset, tokenizer, config: SFTConfig):
-    """Conversations -> masked training rows plus counts (batched map; see the module docstring)."""
+    """Conversations -> masked training rows plus counts (batched map; rules in mask.py, turn
+    location in chat_turns.py). Errors name the source row (`source_row`, set by validation)."""
     require_template(tokenizer, config)
-    name = template_name(config)
-    end_of_turn_ids(tokenizer, name)  # fail now, not after a run that never learned to stop
-    check_turn_tokenization(tokenizer, name)
+    kwargs = dict(config.chat_template_kwargs)
+    try:
+        end_of_turn_markers(tokenizer, kwargs)  # fail now, not after a run that never learned to stop
+    except RecipeError as exc:
+        raise RecipeError(f"{template_name(config)}: {exc}") from None
     where = config.dataset or "dataset"
+    has_tools = "tools" in dataset.column_names
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        rows = [[{"role": m["role"], "content": m["content"]} for m in messages] for messages in batch["messages"]]
-        answered = [bool(m) and m[-1]["role"] == "assistant" for m in rows]
-        cuts = [[i for i, m in enumerate(msgs) if m["role"] == "assistant"] if ok else []
-                for msgs, ok in zip(rows, answered)]
-        prompts = iter(render(tokenizer, [m[:i] for m, c in zip(rows, cuts) for i in c], True, where))
-        fulls = iter(render(tokenizer, [m[:i + 1] for m, c in zip(rows, cuts) for i in c], False, where))
-        all_segments = [
-            conversation_segments(m, [next(prompts) for _ in c], [next(fulls) for _ in c], config.train_on, name)
-            for m, c in zip(rows, cuts)
-        ]
-        flat = [text for segments in all_segments for text, _ in segments]
-        flat_ids = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
         examples, reasons = [], []
-        for ok, segments in zip(answered, all_segments):
-            pieces = [(next(flat_ids), trained) for _, trained in segments]
-            example, reason = fit_segments(pieces, config.max_length) if ok else (None, DROP_UNANSWERED)
+        tools_column = batch["tools"] if has_tools else [None] * len(batch["messages"])
+        for messages, tools, row in zip(batch["messages"], tools_column, batch["source_row"]):
+            try:
+                messages, tools = normalise_messages(messages, tools)
+                if not messages or messages[-1]["role"] != "assistant":
+                    examples.append(None)
+                    reasons.append(DROP_UNANSWERED)
+                    continue
+                ids, labels = encode_conversation(tokenizer, messages, tools=tools, train_on=config.train_on,
+                                                  chat_template_kwargs=kwargs)
+            except DataError as exc:
+                raise DataError(f"{where}: row {row}: {exc}") from None
+            example, reason = fit_turns(ids, labels, config.max_length)
             examples.append(example)
             reasons.append(reason)
         placeholder = Example([], [], False)  # dropped rows are filtered out below, after counting
@@ -219,7 +193,8 @@ def tokenize_messages(dataset, tokenizer, config: SFTConfig):
         trainable_tokens=int(sum(kept["trainable"])),
     )
     if reasons[DROP_UNANSWERED]:
-        log.warning("dropped %d conversations that end on a user turn (no answer to learn)", reasons[DROP_UNANSWERED])
+        log.warning("dropped %d conversations that do not end on an assistant turn (no answer to learn)",
+                    reasons[DROP_UNANSWERED])
     if reasons[DROP_EMPTY]:
         log.warning("dropped %d conversations whose assistant turns are all empty", reasons[DROP_EMPTY])
     return kept, stats

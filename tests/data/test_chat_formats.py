@@ -24,7 +24,7 @@ def test_sharegpt_rows_become_messages(tmp_path):
     path = write_jsonl(tmp_path / "sharegpt.jsonl", [row, {"conversations": [{"from": "human", "value": "a dog"},
                                                                              {"from": "gpt", "value": "no"}]}])
     dataset, _ = load_raw(config(dataset=str(path)))
-    assert dataset.column_names == ["messages"]
+    assert dataset.column_names == ["messages", "source_row"]
     assert dataset["messages"] == [[SYS, Q1, A1], [Q2, A2]]
 
 
@@ -36,7 +36,7 @@ def test_sharegpt_unknown_speaker_is_reported_with_its_row(tmp_path):
         {"conversations": [{"from": "human", "value": "a"}, {"from": "bot", "value": "b"}]},
     ])
     with pytest.raises(DataError, match=r"sharegpt.jsonl: row 2: key 'messages\[1\].role' must be one of "
-                                        r"system, user, assistant, got 'bot'"):
+                                        r"system, user, assistant, tool, got 'bot'"):
         load_raw(config(dataset=str(path)))
 
 
@@ -54,7 +54,7 @@ def test_prompt_and_completion_as_message_lists(tmp_path):
 @pytest.mark.parametrize("rows, message", [
     ([[Q1, A1], "hello"], None),  # arrow cannot mix these; checked below one row at a time
     ([[Q1, A1], [Q1, turn("robot", "x")]],
-     r"chats.jsonl: row 2: key 'messages\[1\].role' must be one of system, user, assistant, got 'robot'"),
+     r"chats.jsonl: row 2: key 'messages\[1\].role' must be one of system, user, assistant, tool, got 'robot'"),
     ([[A1, Q1, A1]], r"chats.jsonl: row 1: key 'messages\[0\].role': a conversation cannot start with an assistant"),
 ])
 def test_validation_names_source_row_and_key(rows, message):

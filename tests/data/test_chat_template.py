@@ -27,7 +27,7 @@ from sft_recipe.data.chat_template import (
     setup_chat_template,
     stop_token_ids,
 )
-from sft_recipe.errors import DataError, RecipeError
+from sft_recipe.errors import RecipeError
 
 # --- templates ----------------------------------------------------------------------------
 
@@ -75,17 +75,20 @@ def test_template_ending_turns_with_eos(tmp_path):
     assert rows[0]["labels"] == [X, X, X, X, X, 17, 1, X, X, X, X, X, 18, 1]
 
 
-def test_template_that_rewrites_history_fails_the_prefix_check(tmp_path):
-    """Like templates that strip reasoning from earlier turns: earlier answers render differently."""
+def test_template_that_rewrites_history_trains_each_turn_as_the_whole_rendering_shows_it(tmp_path):
+    """Like templates that strip reasoning from earlier turns: earlier answers render differently once
+    later turns follow. The row is the one rendering of the whole conversation, and each answer is
+    trained as it appears there (the first as the rewritten "no")."""
     path = tmp_path / "rewrites.jinja"
     path.write_text(
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
         "{% if m['role'] == 'assistant' and not loop.last %}no{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n"
         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", encoding="utf-8")
-    with pytest.raises(DataError, match=r"rewrites\.jinja: rendering is not prefix-stable at message 4"):
-        tokenize([[Q1, A1, Q2, A2]], chat_template=str(path))
-    rows, _ = tokenize([[Q1, A1]], chat_template=str(path))  # one turn has no history to rewrite
-    assert rows[0]["labels"] == GOLDEN["1 turn"][2]
+    rows, _ = tokenize([[Q1, A1, Q2, A2]], chat_template=str(path))
+    NO = 18
+    assert rows[0]["input_ids"] == [START, USER, 5, 6, END, START, ASSISTANT, NO, END,
+                                    START, USER, 10, 11, END, START, ASSISTANT, NO, END]
+    assert rows[0]["labels"] == [X, X, X, X, X, X, X, NO, END, X, X, X, X, X, X, X, NO, END]
 
 
 def test_template_without_an_end_of_turn_token_is_rejected(tmp_path):
@@ -108,26 +111,6 @@ def test_bos_in_the_template_is_not_doubled():
     assert rows[0]["labels"] == [X] + GOLDEN["1 turn"][2]
     prompt = chat_prompt(tokenizer, [Q1])
     assert tokenizer(prompt, add_special_tokens=False)["input_ids"] == [2, START, USER, 5, 6, END, START, ASSISTANT]
-
-
-def test_turn_by_turn_tokenization_is_checked_against_the_whole_conversation(caplog):
-    """A Metaspace (SentencePiece-style) tokenizer prepends '▁' to every call, so a turn tokenized
-    on its own starts with an extra '▁': that is warned about, while ChatML on the toy agrees."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from sft_recipe.data.tokenization import check_turn_tokenization
-
-    assert check_turn_tokenization(chat_tokenizer(), "chatml")
-    words = ["<pad>", "</s>", "<s>", "▁", "▁[INST]", "▁[/INST]", "▁Hi", "▁there", "▁Good."]
-    spm = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    spm.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=spm, eos_token="</s>", bos_token="<s>", pad_token="<pad>")
-    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-                               "{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
-    with caplog.at_level("WARNING", logger="sft_recipe.data.tokenization"):
-        assert not check_turn_tokenization(tokenizer, "llama2.jinja")
-    assert "llama2.jinja: tokenizing turn by turn gives other ids" in caplog.text
 
 
 def test_no_template_at_all_is_a_recipe_error():

@@ -1,0 +1,245 @@
+"""Where each assistant turn sits in a conversation rendered ONCE, as the model will see it.
+
+A row's ids are the whole rendering tokenized with `add_special_tokens=False` (the template writes
+any BOS), so there are no per-piece artefacts such as SentencePiece's prefix space. Each assistant
+turn is located as a character span of that rendering; `mask.span_labels` maps spans to tokens.
+
+The span of a turn runs from the end of its role header (the generation prompt) to the end of the
+first end-of-turn marker after its content: what the template writes between header and content
+that the model must produce itself (Qwen3's `<think>...</think>`, `<tool_call>` wrappers,
+Mistral's leading space, `[TOOL_CALLS]`) is inside it. Turn starts are found, for any template:
+  a. from `{% generation %}` blocks when the template has one per assistant message (extended to
+     the end-of-turn marker after the block);
+  b. else by prefix: `render(messages[:i], add_generation_prompt=True)` when the whole rendering
+     starts with it (most templates);
+  c. else (the template rewrites history: Mistral moves or drops the system prompt, DeepSeek-R1
+     writes `<think>\\n` in the generation prompt only) with sentinels: the conversation rendered
+     again with every message's content, reasoning and tool-call names replaced by unique ASCII
+     markers; the literal text between markers, matched against the real rendering, gives where
+     each turn's content sits (robust to a user quoting the answer), and the turn starts at its
+     content or earlier by the "lead" the template writes between header and content;
+  d. last resort: the first occurrence of the turn's text after the previous turn.
+A turn that cannot be located is a DataError naming the message.
+
+History rewriting: each turn is trained exactly as it appears in the single whole rendering. So
+Qwen3 trains earlier answers without their reasoning (its template drops it) and the answers after
+the last user message with it; the DeepSeek-R1 template strips reasoning from every turn, so no
+reasoning is trained with it; Mistral's v0.3 template writes the system prompt only into a
+generation prompt, so training rows never contain it. A valid conversation never errors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from ..errors import DataError
+from .chat_template import (
+    _one_line,
+    check_tool_support,
+    end_of_turn_markers,
+    render,
+    template_source,
+)
+from .mask import span_labels
+from .messages import normalise_messages
+
+TRAIN_ON = ("all_assistant", "last_assistant")
+_GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+_SENTINEL_RE = re.compile(r"ZQXSNT(\d+)([a-z])(\d+)QZX")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One assistant message located in the rendering: characters [start, end) are its trained span
+    (end includes the end-of-turn marker); `trained` says whether `train_on` and content select it."""
+    message_index: int
+    start: int
+    end: int
+    trained: bool
+
+
+def _sentinel(j: int, kind: str, k: int = 0) -> str:
+    return f"ZQXSNT{j}{kind}{k}QZX"
+
+
+def _with_sentinels(message: dict, j: int) -> dict:
+    """The message with its non-blank content (any role), reasoning and tool-call names replaced by
+    unique ASCII sentinels (unchanged by trim/strip/tojson)."""
+    m = dict(message)
+    if isinstance(m.get("content"), str) and m["content"].strip():
+        m["content"] = _sentinel(j, "c")
+    if isinstance(m.get("reasoning_content"), str) and m["reasoning_content"].strip():
+        m["reasoning_content"] = _sentinel(j, "r")
+    if m.get("tool_calls"):
+        m["tool_calls"] = [{**c, "function": {**c["function"], "name": _sentinel(j, "t", k)}}
+                           for k, c in enumerate(m["tool_calls"])]
+    return m
+
+
+def _tail_after_last_sentinel(text: str) -> str:
+    last = None
+    for last in _SENTINEL_RE.finditer(text):
+        pass
+    return text[last.end():] if last else text
+
+
+def _sentinel_regions(whole: str, sentinel_text: str) -> dict[int, tuple[int, int]] | None:
+    """Match the real rendering against the sentinel rendering; {message index: (start, end)} of
+    each assistant's rendered content, or None when the two renderings do not align."""
+    keys, literals, last = [], [], 0
+    for m in _SENTINEL_RE.finditer(sentinel_text):
+        literals.append(sentinel_text[last:m.start()])
+        keys.append(m.group(0))
+        last = m.end()
+    literals.append(sentinel_text[last:])
+    if len(set(keys)) != len(keys):
+        return None
+    pattern = "(.*?)".join(re.escape(lit) for lit in literals)
+    match = re.fullmatch(pattern, whole, re.DOTALL)
+    if match is None:
+        return None
+    regions: dict[int, tuple[int, int]] = {}
+    for g, key in enumerate(keys, start=1):
+        j = int(_SENTINEL_RE.fullmatch(key).group(1))
+        s, e = match.span(g)
+        if j in regions:
+            s, e = min(s, regions[j][0]), max(e, regions[j][1])
+        regions[j] = (s, e)
+    return regions
+
+
+def _lead(probe: str, prompt: str, i: int) -> str:
+    """What the template writes in assistant turn i before its first sentinel, beyond its generation
+    prompt: both renderings (all contents as sentinels) are cut after their last earlier sentinel; the
+    lead is the probe's tail minus the prompt's tail when the one starts with the other, else ""."""
+    first = min((m.start() for m in _SENTINEL_RE.finditer(probe) if int(m.group(1)) == i), default=None)
+    if first is None:
+        return ""
+    tail, prompt_tail = _tail_after_last_sentinel(probe[:first]), _tail_after_last_sentinel(prompt)
+    return tail[len(prompt_tail):] if tail.startswith(prompt_tail) else ""
+
+
+def _next_marker(whole: str, markers: Sequence[str], start: int) -> tuple[int, int] | None:
+    found = [(p, p + len(m)) for m in markers if (p := whole.find(m, start)) >= 0]
+    return min(found) if found else None
+
+
+def _generation_spans(tokenizer, messages, tools, kwargs, template) -> tuple[str, list[tuple[int, int]]] | None:
+    try:
+        rendered, indices = render_jinja_template(
+            conversations=[messages], tools=tools, chat_template=template, return_assistant_tokens_mask=True,
+            add_generation_prompt=False, **{**tokenizer.special_tokens_map, **{k: v for k, v in kwargs.items()
+                                                                            if k != "chat_template"}})
+    except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise DataError(f"the chat template failed on this conversation: {_one_line(exc)}") from None
+    return rendered[0], [tuple(s) for s in indices[0]]
+
+
+def locate_turns(tokenizer, messages: Any, *, tools: Any = None, train_on: str = "all_assistant",
+                 chat_template_kwargs: Mapping | None = None) -> tuple[str, list[Turn]]:
+    """The whole rendering and every assistant turn's trained span in it (see the module docstring)."""
+    if train_on not in TRAIN_ON:
+        raise DataError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
+    messages, tools = normalise_messages(messages, tools)
+    kwargs = dict(chat_template_kwargs or {})
+    template = template_source(tokenizer, kwargs)
+    check_tool_support(template, messages, tools)
+    markers = end_of_turn_markers(tokenizer, kwargs)
+    whole = render(tokenizer, messages, tools=tools, chat_template_kwargs=kwargs)
+    assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+
+    def rend(msgs, gen):
+        return render(tokenizer, msgs, tools=tools, add_generation_prompt=gen, chat_template_kwargs=kwargs)
+
+    spans: list[tuple[int, int]] = []
+    blocks = None
+    if _GENERATION_RE.search(template):
+        text, blocks = _generation_spans(tokenizer, messages, tools, kwargs, template)
+        if text != whole or len(blocks) != len(assistants):
+            blocks = None
+    if blocks is not None:
+        for s, e in blocks:
+            inside = _next_marker(whole[:e], markers, s)
+            end = inside[1] if inside else (_next_marker(whole, markers, e) or (None, None))[1]
+            if end is None:
+                raise DataError(f"assistant turn at characters {s}..{e} is not closed by an end-of-turn marker "
+                                 f"({' '.join(markers)})")
+            spans.append((s, end))
+    else:
+        pos = 0
+        regions: dict[int, tuple[int, int]] | None | bool = False  # False: not computed yet
+        for i in assistants:
+            prompt = rend(messages[:i], True)
+            if whole.startswith(prompt) and len(prompt) >= pos:
+                start, content_end = len(prompt), len(prompt)
+            elif not _has_text(messages[i]):
+                spans.append((pos, pos))  # nothing to locate and never trained: leave pos where it is
+                continue
+            else:
+                if regions is False:
+                    marked = [_with_sentinels(m, j) for j, m in enumerate(messages)]
+                    regions = _sentinel_regions(whole, rend(marked, False))
+                if regions and i in regions and regions[i][0] >= pos:
+                    rs, content_end = regions[i]
+                    lead = _lead(rend(marked[:i + 1], False), rend(marked[:i], True), i)
+                    start = rs - len(lead) if lead and rs - len(lead) >= pos and whole[rs - len(lead):rs] == lead \
+                        else rs
+                else:
+                    start, content_end = _search_turn(whole, messages[i], i, pos, prompt, rend(messages[:i], False))
+            marker = _next_marker(whole, markers, content_end)
+            if marker is None:
+                raise DataError(f"key 'messages[{i}]': the assistant turn is not closed by an end-of-turn marker "
+                                 f"({' '.join(markers)}) in the rendering")
+            spans.append((start, marker[1]))
+            pos = marker[1]
+    turns = []
+    for n, (i, (s, e)) in enumerate(zip(assistants, spans)):
+        selected = train_on == "all_assistant" or n == len(assistants) - 1
+        turns.append(Turn(i, s, e, _has_text(messages[i], reasoning=False) and selected and e > s))
+    return whole, turns
+
+
+def _has_text(message: dict, reasoning: bool = True) -> bool:
+    """Whether an assistant message has something to train: non-blank content or tool calls
+    (`reasoning`: count non-blank reasoning too, for locating)."""
+    return bool((message.get("content") or "").strip() or message.get("tool_calls")
+                or (reasoning and (message.get("reasoning_content") or "").strip()))
+
+
+def _search_turn(whole: str, message: dict, i: int, pos: int, prompt: str, history: str) -> tuple[int, int]:
+    """Last resort: first occurrence of the turn's text after `pos` (after the generation-prompt text
+    when that is found there). Returns (start, content_end)."""
+    header = prompt[len(history):] if prompt.startswith(history) else ""
+    after = pos
+    if header.strip():
+        h = whole.find(header, pos)
+        if h >= 0:
+            after = h + len(header)
+    keys = [(message.get("reasoning_content") or "").strip(), (message.get("content") or "").strip()]
+    keys += [c["function"]["name"] for c in message.get("tool_calls", [])]
+    key = next((k for k in keys if k), "")
+    if not key:
+        return after, after
+    at = whole.find(key, after)
+    if at < 0:
+        raise DataError(f"key 'messages[{i}]': cannot locate the assistant turn in the template's rendering "
+                         "(the template changes it beyond recognition)")
+    return (after if after > pos else at), at + len(key)
+
+
+def encode_conversation(tokenizer, messages: Any, *, tools: Any = None, train_on: str = "all_assistant",
+                        chat_template_kwargs: Mapping | None = None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for one conversation; labels are IGNORE_INDEX except on trained spans."""
+    whole, turns = locate_turns(tokenizer, messages, tools=tools, train_on=train_on,
+                                chat_template_kwargs=chat_template_kwargs)
+    enc = tokenizer(whole, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    return ids, span_labels(whole, ids, enc["offset_mapping"], [(t.start, t.end) for t in turns if t.trained])

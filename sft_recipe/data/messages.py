@@ -1,0 +1,137 @@
+"""Conversations as data: validate a row's `messages` (and `tools`) and return clean objects.
+
+Roles are system, user, assistant and tool. An assistant message may carry `reasoning_content`
+(aliases `reasoning`, `thinking`) and OpenAI-format `tool_calls`
+(`[{"type": "function", "function": {"name": ..., "arguments": {...}}}]`, arguments a mapping or a
+JSON string); a tool message may carry `tool_call_id` and `name`. A row's `tools` is a list of
+JSON schemas (or a JSON string of one).
+
+Keys whose value is None are dropped, recursively: Hugging Face `datasets` unifies struct fields
+across rows, so mapping-valued arguments and tool schemas arrive with every other row's keys set
+to None. JSON strings are parsed after that, so a dataset that needs an explicit null argument
+passes its arguments (or tools) as JSON strings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import DataError
+
+ROLES = ("system", "user", "assistant", "tool")
+REASONING_ALIASES = ("reasoning_content", "reasoning", "thinking")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_none(v) for v in value if v is not None]
+    return value
+
+
+def _json_object(value: Any, where: str, what: str = "an object") -> Any:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"key '{where}' is not valid JSON: {exc.msg} (line {exc.lineno} col {exc.colno})") from None
+        return value
+    return _drop_none(value)
+
+
+def _normalise_tools(tools: Any) -> list[dict] | None:
+    if tools is None:
+        return None
+    from_json = isinstance(tools, str)
+    if from_json:
+        tools = _json_object(tools, "tools")  # explicit nulls kept
+    if not isinstance(tools, (list, tuple)):
+        raise DataError(f"key 'tools' must be a list of JSON schemas (or a JSON string of one), got {type(tools).__name__}")
+    out = []
+    for k, tool in enumerate(tools):
+        tool = tool if from_json else _json_object(tool, f"tools[{k}]")
+        if not isinstance(tool, dict):
+            raise DataError(f"key 'tools[{k}]' must be an object (a JSON schema), got {type(tool).__name__}")
+        out.append(tool)
+    return out or None
+
+
+def _normalise_tool_calls(calls: Any, where: str) -> list[dict]:
+    if not isinstance(calls, (list, tuple)):
+        raise DataError(f"key '{where}' must be a list, got {type(calls).__name__}")
+    out = []
+    for k, call in enumerate(calls):
+        w = f"{where}[{k}]"
+        if isinstance(call, str):
+            call = _json_object(call, w)
+        if not isinstance(call, Mapping):
+            raise DataError(f"key '{w}' must be an object, got {type(call).__name__}")
+        call = _drop_none(call)
+        fn = call.get("function")
+        if not isinstance(fn, Mapping):
+            raise DataError(f"key '{w}.function' must be an object with name and arguments")
+        if not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise DataError(f"key '{w}.function.name' must be a string")
+        args = fn.get("arguments", {})
+        args = _json_object(args, f"{w}.function.arguments")
+        if not isinstance(args, dict):
+            raise DataError(f"key '{w}.function.arguments' must be an object (or a JSON string of one)")
+        if not isinstance(call.get("type", "function"), str):
+            raise DataError(f"key '{w}.type' must be a string")
+        if "id" in call and not isinstance(call["id"], str):
+            raise DataError(f"key '{w}.id' must be a string")
+        out.append({**call, "type": call.get("type", "function"), "function": {**fn, "arguments": args}})
+    return out
+
+
+def normalise_messages(messages: Any, tools: Any = None) -> tuple[list[dict], list[dict] | None]:
+    """Validate a conversation and return clean Python objects: (messages, tools).
+
+    Drops None-valued keys recursively, parses JSON-string arguments/tools, maps reasoning aliases to
+    `reasoning_content`, drops empty `tool_calls`. Raises DataError naming the offending key
+    (the caller adds the file and row)."""
+    if not isinstance(messages, (list, tuple)):
+        raise DataError(f"key 'messages' must be a list of {{role, content}}, got {_kind(messages)}")
+    out = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, Mapping):
+            raise DataError(f"key '{where}' must be an object with role and content, got {type(message).__name__}")
+        m = _drop_none(message)
+        role = m.get("role")
+        if role not in ROLES:
+            raise DataError(f"key '{where}.role' must be one of {', '.join(ROLES)}, got {role!r}")
+        reasoning = next((m.pop(k) for k in REASONING_ALIASES if k in m), None)
+        for k in REASONING_ALIASES:
+            m.pop(k, None)
+        if reasoning is not None:
+            if role != "assistant":
+                raise DataError(f"key '{where}.reasoning_content' is only allowed on assistant messages")
+            if not isinstance(reasoning, str):
+                raise DataError(f"key '{where}.reasoning_content' must be a string")
+            m["reasoning_content"] = reasoning
+        if "tool_calls" in m:
+            if role != "assistant":
+                raise DataError(f"key '{where}.tool_calls' is only allowed on assistant messages")
+            m["tool_calls"] = _normalise_tool_calls(m["tool_calls"], f"{where}.tool_calls")
+            if not m["tool_calls"]:
+                del m["tool_calls"]
+        content = m.get("content")
+        if "tool_calls" in m and content == "":
+            del m["content"]  # OpenAI convention: a tool-call turn has no content
+        elif not isinstance(content, str):
+            if not (role == "assistant" and "tool_calls" in m and content is None):
+                kind = "null" if content is None else type(content).__name__
+                raise DataError(f"key '{where}.content' must be a string, got {kind}")
+        for key in ("tool_call_id", "name"):
+            if key in m and not isinstance(m[key], str):
+                raise DataError(f"key '{where}.{key}' must be a string")
+        out.append(m)
+    return out, _normalise_tools(tools)
