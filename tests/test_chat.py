@@ -21,6 +21,7 @@ from chat_helpers import (
     SYS,
     USER,
     chat_tokenizer,
+    config,
     trainable_spans,
     turn,
 )
@@ -34,6 +35,7 @@ from sft_recipe.data.chat_template import (
     setup_chat_template,
     stop_token_ids,
 )
+from sft_recipe.errors import UserError
 
 # --- the CLI: preprocess, train, generate, chat -----------------------------------------------
 
@@ -192,3 +194,41 @@ def test_chat_recipe_validates():
     assert path.read_text(encoding="utf-8").startswith("# accelerate launch ")
     cfg = load_recipe(path)
     assert (cfg.dataset_format, cfg.chat_template) == ("messages", "chatml")
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def test_chat_loop_renders_tools_with_the_template(bpe_tokenizer_dir):
+    from sft_recipe.model import load_tokenizer
+
+    tokenizer = load_tokenizer(str(bpe_tokenizer_dir))
+    setup_chat_template(tokenizer, config(chat_template="chatml-tools"))
+    model = EndOfTurnModel(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    chat_loop(model, tokenizer, io.StringIO("weather in Paris?\n"), io.StringIO(), tools=[WEATHER_TOOL])
+    prompt = tokenizer.decode(model.prompts[0])
+    assert prompt.startswith("<|im_start|>system\n# Tools\n<tools>\n" + json.dumps(WEATHER_TOOL))
+    assert prompt.endswith("<|im_start|>user\nweather in Paris?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_tools_on_a_template_without_tool_support_is_one_error(bpe_chatml):
+    with pytest.raises(UserError, match="does not support tools"):
+        chat_prompt(bpe_chatml, [Q1], [WEATHER_TOOL])
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read the tools file"),
+    ("[{", "line 1: malformed JSON"),
+    ('{"a": 1}', "key 'tools' must be a list of JSON schemas"),
+    ('[1]', r"key 'tools\[0\]' must be an object"),
+])
+def test_tools_file_errors_name_the_file(tmp_path, content, message):
+    from sft_recipe.chat import read_tools
+
+    path = tmp_path / "tools.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        read_tools(str(path))
+    assert read_tools(None) is None

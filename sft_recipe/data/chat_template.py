@@ -221,6 +221,7 @@ def check_tool_support(template: str, messages: list[dict], tools: list[dict] | 
 def chat_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None,
                 chat_template_kwargs: Mapping | None = None) -> str:
     """The rendered history plus the generation prompt; tokenize it with add_special_tokens=False."""
+    check_tool_support(template_source(tokenizer, chat_template_kwargs), messages, tools)
     return render(tokenizer, messages, tools=tools, add_generation_prompt=True,
                   chat_template_kwargs=chat_template_kwargs)
 
