@@ -33,6 +33,10 @@ def setup_chat_template(tokenizer, config: SFTConfig) -> None:
     if config.chat_template is None:
         return
     text = read_template(config.chat_template)
+    try:  # a syntax error is the recipe's mistake: say where, before any row is rendered
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise RecipeError(f"chat_template: {config.chat_template}: line {exc.lineno}: {exc.message}") from None
     tokenizer.chat_template = text
     vocab = tokenizer.get_vocab()
     missing = [t for t in dict.fromkeys(TEMPLATE_TOKEN_RE.findall(text)) if t not in vocab]
@@ -50,7 +54,10 @@ def read_template(name: str) -> str:
     if path.suffix == ".jinja" or path.exists() or "/" in name:
         if not path.is_file():
             raise RecipeError(f"chat_template: {name}: template file not found")
-        return path.read_text(encoding="utf-8")
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise RecipeError(f"chat_template: {name}: not UTF-8 text") from None
     raise RecipeError(f"chat_template: unknown built-in template '{name}' (built-ins: {', '.join(builtins)}; "
                       "or give the path of a .jinja file)")
 

@@ -36,7 +36,7 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 def normalise(dataset, dataset_format: str, source: str):
     """Check columns and field types, then map every format onto its canonical columns."""
     columns = set(dataset.column_names)
-    if dataset_format == "messages" and "messages" not in columns and "conversations" in columns:
+    if dataset_format == "messages" and "conversations" in columns:  # rows of either kind, even mixed
         dataset = dataset.map(sharegpt_to_messages, remove_columns=["conversations"])
         columns = set(dataset.column_names)
     if dataset_format == "prompt_completion" and columns >= {"prompt", "completion"} and \
@@ -103,7 +103,10 @@ def sharegpt_to_messages(row: dict[str, Any]) -> dict[str, Any]:
     """ShareGPT `conversations: [{from, value}]` -> `messages: [{role, content}]` (for datasets.map).
 
     Unknown `from` values pass through unchanged so that validation reports them with the row.
+    A row that has `messages` (a file mixing both kinds) keeps them.
     """
+    if row.get("messages") is not None:
+        return {"messages": row["messages"]}
     turns = row.get("conversations")
     if not isinstance(turns, list):
         return {"messages": turns}
