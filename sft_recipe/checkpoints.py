@@ -120,6 +120,8 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
             if suffix == ".safetensors":
                 with open(file, "rb") as f:
                     size = int.from_bytes(f.read(8), "little")
+                    if size + 8 > file.stat().st_size:
+                        return f"{file.name} is truncated"
                     header = json.loads(f.read(size))
                 ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
                 if file.stat().st_size != 8 + size + max(ends, default=0):

@@ -48,7 +48,7 @@ def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
     from .data.chat_template import setup_chat_template
     from .data.prepare import describe_stats, prepare_data
     from .data.preview import show_rows
-    from .model import check_model, load_tokenizer
+    from .model import load_tokenizer
     from .paths import writable_dir
     from .recipe import load_recipe
 
@@ -56,7 +56,6 @@ def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
     writable_dir(args.output, "--output")
     tokenizer = load_tokenizer(config.resolved_tokenizer_name, config.trust_remote_code)
     setup_chat_template(tokenizer, config)
-    check_model(config, tokenizer)
     data = prepare_data(config, tokenizer)
     data.train.save_to_disk(os.path.join(args.output, "train"))
     data.eval.save_to_disk(os.path.join(args.output, "eval"))

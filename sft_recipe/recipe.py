@@ -87,7 +87,7 @@ def read_yaml(path: str | Path, lines: dict[str, int] | None = None) -> dict[str
         data = UniqueKeyLoader(text).get_single_data() if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}:" if mark else ""
+        line = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or one_line(exc)
         raise RecipeError(f"{path}:{line} invalid YAML: {problem}") from None
     if data is None:

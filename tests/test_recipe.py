@@ -61,7 +61,7 @@ def test_bad_values_name_the_key(tmp_path, override, message):
 
 
 def test_unknown_yaml_key_names_the_file(tmp_path):
-    with pytest.raises(RecipeError, match=r"r\.yaml: unknown recipe key 'num_epoch' \(did you mean 'num_epochs'\?\)"):
+    with pytest.raises(RecipeError, match=r"r\.yaml: line \d+: unknown recipe key 'num_epoch' \(did you mean 'num_epochs'\?\)"):
         load_recipe(recipe_file(tmp_path, num_epoch=3))
 
 
