@@ -16,4 +16,6 @@ CARD_FILENAME = "README.md"  # the model card (also the hub page)
 LOSS_CURVE_FILENAME = "loss_curve.png"
 RESULTS_FILENAME = "eval_results.json"  # final metrics (Trainer's save_metrics("eval") and `sft-recipe eval`)
 TRAINER_STATE_FILENAME = "trainer_state.json"
+LOCK_FILENAME = ".sft_recipe.lock"  # host, pid and start time of the run that owns output_dir
+FINISHED_FILENAME = "run_finished.json"  # written after best/: the step the run ended at
 ADAPTER_CONFIG_FILENAME = "adapter_config.json"  # present in a LoRA adapter directory

@@ -56,8 +56,8 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=eval_rows,
         data_collator=collator_for(config, model, tokenizer), processing_class=tokenizer,
-        callbacks=[*build_callbacks(config, tokenizer, data), *table, CheckpointCompleteCallback(), stop],
-        loss_chunk_size=loss_chunk_size(config), train_sample=train_sample,
+        callbacks=[*build_callbacks(config, tokenizer, data), *table, CheckpointCompleteCallback(config), stop],
+        loss_chunk_size=loss_chunk_size(config), train_sample=train_sample, recipe=config,
     )
     loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
     return trainer, stop

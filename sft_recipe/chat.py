@@ -62,8 +62,13 @@ def chat_loop(model, tokenizer, stdin: TextIO = sys.stdin, stdout: TextIO = sys.
         if not text.strip():
             continue
         history.append({"role": "user", "content": text})
-        (answer,) = generate_answers(model, tokenizer, [chat_prompt(tokenizer, history, tools, chat_template_kwargs)],
-                                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                     stop_token_ids=stops, add_special_tokens=False)
+        try:
+            (answer,) = generate_answers(model, tokenizer, [chat_prompt(tokenizer, history, tools, chat_template_kwargs)],
+                                         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                         stop_token_ids=stops, add_special_tokens=False)
+        except UserError as exc:  # e.g. the history outgrew the context: the conversation can go on
+            history.pop()
+            print(f"({exc}; /reset to start over)", file=stdout, flush=True)
+            continue
         history.append({"role": "assistant", "content": answer})
         print(f"assistant> {answer}", file=stdout, flush=True)

@@ -16,17 +16,20 @@ import errno
 import logging
 import os
 import re
+import json
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
 from accelerate import PartialState
 from transformers import TrainerCallback
 
-from .artifacts import CHECKPOINT_PREFIX, COMPLETE_MARKER, TRAINER_STATE_FILENAME
+from .artifacts import CHECKPOINT_PREFIX, COMPLETE_MARKER, FINISHED_FILENAME, TRAINER_STATE_FILENAME
 from .config import SFTConfig
-from .errors import UserError
+from .errors import UserError, one_line
+from .recipe import save_recipe
 
 log = logging.getLogger("sft_recipe")
 CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
@@ -51,8 +54,9 @@ def prepare_output_dir(config: SFTConfig, args) -> str | None:
         if main:
             for checkpoint in checkpoint_dirs(out):
                 shutil.rmtree(checkpoint, ignore_errors=True)
+            (out / FINISHED_FILENAME).unlink(missing_ok=True)
         return None
-    checkpoint = last_complete_checkpoint(out)
+    checkpoint = usable_checkpoint(out, main)
     if main:
         for partial in checkpoint_dirs(out):
             if not is_complete(partial):
@@ -80,18 +84,74 @@ def last_complete_checkpoint(out: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def usable_checkpoint(out: Path, main: bool) -> Path | None:
+    """The newest complete checkpoint whose files read back; damaged newer ones are moved aside
+    (`damaged-checkpoint-N`, so no later save mixes with them) with one line each."""
+    complete = [p for p in checkpoint_dirs(out) if is_complete(p)]
+    problems = []
+    for checkpoint in reversed(complete):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        problems.append(f"{checkpoint.name}: {problem}")
+        if main:
+            aside = checkpoint.with_name(f"damaged-{checkpoint.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            checkpoint.rename(aside)
+            log.warning("skipping %s: %s; moved it to %s", checkpoint, problem, aside)
+    if problems:
+        raise UserError(f"{out}: no usable checkpoint to resume from ({'; '.join(problems)}); pass "
+                        "--overwrite_output_dir true to start over")
+    return None
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed from (a truncated or garbled file), or None. Cheap: reads
+    headers and zip directories only, never the tensors."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE_FILENAME).read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+            return f"{TRAINER_STATE_FILENAME} has no global_step"
+    except (OSError, ValueError) as exc:
+        return f"{TRAINER_STATE_FILENAME} is unreadable ({one_line(exc)})"
+    for file in sorted(checkpoint.iterdir()):
+        suffix = file.suffix.lower()
+        try:
+            if suffix == ".safetensors":
+                with open(file, "rb") as f:
+                    size = int.from_bytes(f.read(8), "little")
+                    if size + 8 > file.stat().st_size:
+                        return f"{file.name} is truncated"
+                    header = json.loads(f.read(size))
+                ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+                if file.stat().st_size != 8 + size + max(ends, default=0):
+                    return f"{file.name} is truncated"
+            elif suffix in (".pt", ".pth", ".bin"):
+                zipfile.ZipFile(file).close()
+        except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile):
+            return f"{file.name} is unreadable (truncated or corrupt)"
+    return None
+
+
 class CheckpointCompleteCallback(TrainerCallback):
     """Marks `checkpoint-N` complete once every process has written its share of it.
 
     `on_save` runs right after `Trainer._save_checkpoint`; the barrier waits for the other ranks'
-    RNG states and optimizer shards, then the main process writes the marker (via a rename, so
-    the marker itself is never half-written).
+    RNG states and optimizer shards, then the main process writes the resolved recipe (so that
+    a checkpoint is self-describing: resume checks it, `generate` uses its prompt template) and
+    the marker (via a rename, so the marker itself is never half-written).
     """
+
+    def __init__(self, config: SFTConfig | None = None) -> None:
+        self.config = config
 
     def on_save(self, args, state, control, **kwargs):
         PartialState().wait_for_everyone()
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+            if self.config is not None:
+                with saving(checkpoint, self.config):
+                    save_recipe(self.config, checkpoint)
             tmp = checkpoint / f".{COMPLETE_MARKER}.tmp"
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(f"step {state.global_step}\n")
@@ -99,6 +159,23 @@ class CheckpointCompleteCallback(TrainerCallback):
                 os.fsync(f.fileno())
             os.replace(tmp, checkpoint / COMPLETE_MARKER)
         return control
+
+
+@contextlib.contextmanager
+def saving(path: str | Path, config: SFTConfig) -> Iterator[None]:
+    """Any failure while writing `path` (torch.save's RuntimeError, safetensors' errors, OSError ...)
+    is one line naming the path: the save cannot be trusted, and the checkpoint it belonged to
+    never gets its completion marker, so resume never picks it."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        last = last_complete_checkpoint(Path(config.output_dir))
+        resume = f"re-running resumes from {last}" if last else "no complete checkpoint was written yet"
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
+        raise UserError(f"{path}: saving failed ({reason}); free space or fix permissions, then re-run the "
+                        f"same command ({resume})") from None
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import sys
+import warnings
 
 from .errors import TrainingInterrupted, UserError
 
@@ -48,9 +49,11 @@ def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
     from .data.prepare import describe_stats, prepare_data
     from .data.preview import show_rows
     from .model import load_tokenizer
+    from .paths import writable_dir
     from .recipe import load_recipe
 
     config = load_recipe(args.recipe, overrides)
+    writable_dir(args.output, "--output")
     tokenizer = load_tokenizer(config.resolved_tokenizer_name, config.trust_remote_code)
     setup_chat_template(tokenizer, config)
     data = prepare_data(config, tokenizer)
@@ -71,6 +74,9 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     from .recipe import read_saved_recipe
 
     reject_overrides(overrides)
+    check_generation_options(args)
+    if args.raw and not args.text.strip():
+        raise UserError("command line: --raw needs some text to continue, got an empty one")
     tools = read_tools(args.tools)
     model, tokenizer = load_for_inference(args.model_dir)
     recipe = read_saved_recipe(args.model_dir)
@@ -97,6 +103,7 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
     from .recipe import read_saved_recipe
 
     reject_overrides(overrides)
+    check_generation_options(args)
     tools = read_tools(args.tools)
     model, tokenizer = load_for_inference(args.model_dir)
     if tokenizer.chat_template is None:
@@ -126,10 +133,15 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from .evaluation import evaluate_saved, write_results
     from .recipe import load_recipe
 
+    from .paths import writable_file
+
     recipe = args.recipe or Path(args.model_dir) / RECIPE_FILENAME
+    if not Path(args.model_dir).is_dir():
+        raise UserError(f"{args.model_dir}: model directory not found")
+    output = writable_file(args.output or Path(args.model_dir) / RESULTS_FILENAME, "--output")
     config = load_recipe(recipe, overrides)
     metrics = evaluate_saved(args.model_dir, config)
-    path = write_results(metrics, args.output or Path(args.model_dir) / RESULTS_FILENAME)
+    path = write_results(metrics, output)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     print(f"wrote {path}", flush=True)
     return 0
@@ -142,6 +154,16 @@ def cmd_merge(args: argparse.Namespace, overrides: list[str]) -> int:
     out = merge_adapter(args.adapter_dir, args.output)
     print(f"merged model written to {out}", flush=True)
     return 0
+
+
+def check_generation_options(args: argparse.Namespace) -> None:
+    """generate/chat options that the library would reject with a traceback."""
+    if args.max_new_tokens <= 0:
+        raise UserError(f"command line: --max_new_tokens must be > 0, got {args.max_new_tokens}")
+    if not args.temperature >= 0:
+        raise UserError(f"command line: --temperature must be >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"command line: --top_p must be in (0, 1], got {args.top_p}")
 
 
 def reject_overrides(overrides: list[str]) -> None:
@@ -220,6 +242,11 @@ def configure_logging() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
+    if os.environ.get("RANK", "0") != "0":  # several processes: their messages once, from the main one
+        logging.getLogger().setLevel(logging.ERROR)
+        logging.getLogger("sft_recipe").setLevel(logging.ERROR)
+        hf_logging.set_verbosity_error()
+        warnings.filterwarnings("ignore")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, rest)
     except UserError as exc:
-        print(f"sft-recipe: error: {exc}", file=sys.stderr, flush=True)
+        message = " ".join(str(exc).split())  # one line, whatever the message held
+        print(f"sft-recipe: error: {message}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except TrainingInterrupted as exc:  # SIGTERM / Ctrl-C during training: a checkpoint was saved
         if os.environ.get("RANK", "0") == "0":

@@ -173,6 +173,10 @@ class SFTConfig:
 
     def validate(self) -> None:
         """Reject values that would fail later, deep inside a library, with a worse message."""
+        for f in dataclasses.fields(self):  # `--output_dir=` or `model_name: ""`: never a usable name
+            value = getattr(self, f.name)
+            if isinstance(value, str) and not value.strip():
+                raise RecipeError(f"recipe key '{f.name}' is empty")
         if self.dataset is None:
             raise RecipeError("recipe key 'dataset' is required (a hub id or a local file)")
         if self.model_name is None and not self.from_scratch:

@@ -26,3 +26,11 @@ class TrainingInterrupted(Exception):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+def one_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (library messages run to paragraphs)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 
 from .data.tokenization import prompt_ids_without_eos
+from .errors import UserError
+from .model import max_positions
 
 
 @torch.no_grad()
@@ -17,7 +19,8 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     """Complete each prompt; only the new text is returned, cut at EOS (or `stop_token_ids`).
 
     Prompts are tokenized exactly as in training (see `data.tokenization.prompt_ids_without_eos`) and
-    left-padded, so batched answers equal one-by-one answers. Rendered chat prompts already hold
+    left-padded, so batched answers equal one-by-one answers. An answer stops at the model's context
+    (a longer one would index past its positions); an empty or too long prompt is a UserError. Rendered chat prompts already hold
     the template's BOS: pass `add_special_tokens=False` for them, as in training.
     """
     encode = prompt_ids_without_eos(tokenizer) if add_special_tokens else \
@@ -27,9 +30,16 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     model.eval()
     answers: list[str] = []
     device = next(model.parameters()).device
+    context = max_positions(model.config)
     for start in range(0, len(prompts), batch_size):
         ids = encode(prompts[start:start + batch_size])
         width = max(len(x) for x in ids)
+        if min(len(x) for x in ids) == 0:
+            raise UserError("the prompt is empty (no tokens); give some text to continue")
+        if context is not None and width >= context:
+            raise UserError(f"the prompt is {width} tokens long; the model's context is {context} tokens; "
+                            "shorten it")
+        new_tokens = max_new_tokens if context is None else min(max_new_tokens, context - width)
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids], device=device)
         attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
         sampling: dict[str, Any] = (
@@ -37,7 +47,7 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
             else {"do_sample": False}
         )
         out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
             eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, **sampling,
         )
         for row in out[:, width:].tolist():

@@ -17,34 +17,85 @@ import yaml
 
 from .artifacts import RECIPE_FILENAME
 from .config import SFTConfig, is_secret_key
-from .errors import RecipeError
+from .errors import RecipeError, one_line
+
+
+class KeyedRecipeError(RecipeError):
+    """A recipe error that already names where its key came from (file and line, or command line)."""
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SFTConfig)}
 _HINTS = typing.get_type_hints(SFTConfig)
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> SFTConfig:
-    """Read a recipe file, apply CLI overrides, and return a validated config."""
-    where = str(path) if path else "command line"
-    values: dict[str, Any] = read_yaml(path) if path else {}
-    values.update(parse_overrides(overrides or []))
-    return build_config(values, where)
+    """Read a recipe file, apply CLI overrides, and return a validated config.
+
+    A mistake is blamed on where it came from: the file (with the key's line) or the command line.
+    """
+    lines: dict[str, int] = {}
+    from_file: dict[str, Any] = read_yaml(path, lines) if path else {}
+    from_cli = parse_overrides(overrides or [])
+    sources = {k: f"{path}: line {lines[k]}" if k in lines else str(path) for k in from_file}
+    sources.update({k: "command line" for k in from_cli})
+    values = {**from_file, **from_cli}
+    try:
+        return build_config(values, sources)
+    except KeyedRecipeError:
+        raise
+    except RecipeError as exc:
+        if not from_cli or not path:
+            raise RecipeError(f"{path or 'command line'}: {exc}") from None
+        try:  # the file alone is fine: the command line made it wrong
+            build_config(from_file, sources)
+        except RecipeError as alone:
+            where = str(path) if str(alone) == str(exc) else f"{path} with the command line"
+        else:
+            where = "command line"
+        raise RecipeError(f"{where}: {exc}") from None
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first given on line {seen[key]})", key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path, lines: dict[str, int] | None = None) -> dict[str, Any]:
+    """The recipe file as a mapping; `lines` receives each top-level key's line number."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise RecipeError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the "
+                          "recipe as UTF-8") from None
+    try:
+        node = yaml.compose(text, Loader=UniqueKeyLoader)
+        data = UniqueKeyLoader(text).get_single_data() if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"{path}:{line} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        line = f" line {mark.line + 1}:" if mark else ""
+        problem = getattr(exc, "problem", None) or one_line(exc)
+        raise RecipeError(f"{path}:{line} invalid YAML: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of key: value, got {type(data).__name__}")
+    if lines is not None and isinstance(node, yaml.MappingNode):
+        lines.update({str(k.value): k.start_mark.line + 1 for k, _ in node.value})
     return data
 
 
@@ -70,35 +121,43 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return values
 
 
-def build_config(values: dict[str, Any], where: str) -> SFTConfig:
+def build_config(values: dict[str, Any], where: str | dict[str, str]) -> SFTConfig:
+    """Check keys and types, then validate the whole recipe. `where` names the source of every key,
+    or of each key (a mapping); with a mapping, whole-recipe errors come back unprefixed."""
+    if isinstance(where, str):
+        try:
+            return build_config(values, dict.fromkeys(values, where))
+        except KeyedRecipeError:
+            raise
+        except RecipeError as exc:
+            raise RecipeError(f"{where}: {exc}") from None
+    sources = where
     unknown = [k for k in values if k not in _FIELDS]
     if unknown:
         key = str(unknown[0])
         close = difflib.get_close_matches(key, _FIELDS, n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise RecipeError(f"{where}: unknown recipe key '{key}'{hint}")
-    checked = {k: check_type(k, v, _HINTS[k], where) for k, v in values.items()}
-    try:
-        return SFTConfig(**checked)
-    except RecipeError as exc:
-        raise RecipeError(f"{where}: {exc}") from None
+        raise KeyedRecipeError(f"{sources.get(key, 'recipe')}: unknown recipe key '{key}'{hint}")
+    checked = {k: check_type(k, v, _HINTS[k], sources.get(k, "recipe")) for k, v in values.items()}
+    return SFTConfig(**checked)
 
 
 def check_type(key: str, value: Any, hint: Any, where: str) -> Any:
     """Coerce `value` to `hint` where it is unambiguous (int→float, "1e-3"→float), else fail."""
-    ok, result = _coerce(value, hint)
+    ok, result = coerce(value, hint)
     if not ok:
-        raise RecipeError(
-            f"{where}: recipe key '{key}' expects {_describe(hint)}, got {value!r} ({type(value).__name__})"
+        raise KeyedRecipeError(
+            f"{where}: recipe key '{key}' expects {describe(hint)}, got {value!r} ({type(value).__name__})"
         )
     return result
 
 
-def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+def coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(True, value as `hint`) where the conversion is unambiguous, else (False, None)."""
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         for arm in typing.get_args(hint):
-            ok, result = _coerce(value, arm)
+            ok, result = coerce(value, arm)
             if ok:
                 return True, result
         return False, None
@@ -114,7 +173,7 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
             value = [value]
         if not isinstance(value, list):
             return False, None
-        items = [_coerce(v, item) for v in value]
+        items = [coerce(v, item) for v in value]
         return all(ok for ok, _ in items), [v for _, v in items]
     if origin is dict:
         return isinstance(value, dict), value
@@ -138,14 +197,15 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     return isinstance(value, hint), value
 
 
-def _describe(hint: Any) -> str:
+def describe(hint: Any) -> str:
+    """A type hint in words, for error messages."""
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
+        return " or ".join(describe(a) for a in typing.get_args(hint))
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if origin is list:
-        return f"a list of {_describe(typing.get_args(hint)[0])}"
+        return f"a list of {describe(typing.get_args(hint)[0])}"
     if origin is dict or dataclasses.is_dataclass(hint):
         return "a mapping"
     if hint is type(None):
@@ -159,11 +219,18 @@ def save_recipe(config: SFTConfig, directory: str | Path) -> Path:
     Secrets never reach this file: the config has no token fields, and pass-through keys that
     look like credentials are dropped.
     """
+    path = Path(directory) / RECIPE_FILENAME
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(resolved_recipe(config), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)  # never a half-written recipe
+    return path
+
+
+def resolved_recipe(config: SFTConfig) -> dict[str, Any]:
+    """The recipe as saved beside a model (plain YAML types, no credentials): what resume compares."""
     data = config.to_dict()
     data["training_args"] = {k: v for k, v in data["training_args"].items() if not is_secret_key(k)}
-    path = Path(directory) / RECIPE_FILENAME
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
+    return yaml.safe_load(yaml.safe_dump(data, sort_keys=False))
 
 
 def read_saved_recipe(model_dir: str | Path) -> dict[str, Any]:
@@ -171,4 +238,4 @@ def read_saved_recipe(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / RECIPE_FILENAME
     if not path.is_file():
         return {}
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return read_yaml(path)

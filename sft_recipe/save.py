@@ -11,6 +11,7 @@ from typing import Any
 
 from .artifacts import BEST_DIRNAME
 from .card import write_model_card
+from .checkpoints import saving
 from .config import SFTConfig
 from .recipe import save_recipe
 
@@ -26,10 +27,12 @@ def save_best(trainer, config: SFTConfig, metrics: dict[str, Any]) -> Path:
     model.generation_config.eos_token_id = trainer.processing_class.eos_token_id
     model.generation_config.pad_token_id = trainer.processing_class.pad_token_id
     model.config.use_cache = True  # training ran without a KV cache; inference wants it back
-    trainer.save_model(str(best))
-    if trainer.is_world_process_zero():
-        save_recipe(config, best)
-        write_model_card(best, config, metrics)  # README.md: base model, data, metrics, how to prompt
+    with saving(best, config):
+        trainer.save_model(str(best))
+        if trainer.is_world_process_zero():
+            save_recipe(config, best)
+            write_model_card(best, config, metrics)  # README.md: base model, data, metrics, how to prompt
     trainer.accelerator.wait_for_everyone()
-    log.info("best model (eval_loss %.4f) saved to %s", metrics.get("eval_loss", float("nan")), best)
+    if trainer.is_world_process_zero():
+        log.info("best model (eval_loss %.4f) saved to %s", metrics.get("eval_loss", float("nan")), best)
     return best

@@ -17,7 +17,10 @@ from .data.chat_template import setup_chat_template
 from .data.prepare import describe_stats, prepare_data
 from .evaluation import generation_check
 from .hub import push_best
-from .model import load_tokenizer
+from .lock import output_dir_lock
+from .model import check_model, load_tokenizer
+from .paths import writable_dir
+from .resume import check_resume, mark_finished
 from .save import save_best
 from .training_args import to_training_arguments
 
@@ -26,14 +29,26 @@ log = logging.getLogger("sft_recipe")
 
 def train(config: SFTConfig) -> dict[str, Any]:
     """Run the recipe; returns the final metrics. Writes `output_dir/best` on the main process."""
-    # 1. setup: arguments first, because they initialise the (possibly distributed) state
+    # 1. setup: arguments first (they check `training_args` and initialise the distributed state),
+    # then the output_dir, owned by this run until it ends (lock.py)
     args = to_training_arguments(config)
-    resume_from = prepare_output_dir(config, args)
+    writable_dir(config.output_dir, "output_dir")
+    with output_dir_lock(config.output_dir, main_process=args.process_index == 0):
+        return run(config, args)
 
-    # 2. data: tokenized once, on the main process first; the other processes read its cache
+
+def run(config: SFTConfig, args) -> dict[str, Any]:
+    """`train` once the output_dir is ours: resume rules, checks, data, training, best/."""
+    resume_from = prepare_output_dir(config, args)
+    finished = check_resume(config, resume_from)
+    if finished is not None:
+        return finished
+
+    # 2. checks that cost nothing, then data: tokenized once, on the main process first
     with args.main_process_first(desc="preprocessing"):
         tokenizer = load_tokenizer(config.resolved_tokenizer_name, config.trust_remote_code)
         new_token_ids = setup_chat_template(tokenizer, config)  # before the model gets its embeddings
+        check_model(config, tokenizer)  # the model's positions and vocabulary, before tokenizing
         data = prepare_data(config, tokenizer)
     log.info("data: %s", describe_stats(data.stats))
 
@@ -58,6 +73,8 @@ def train(config: SFTConfig) -> dict[str, Any]:
         trainer.save_metrics("eval", metrics)
         trainer.save_state()
         best = save_best(trainer, config, metrics)
+        if trainer.is_world_process_zero():
+            mark_finished(config, trainer.state.global_step)
     if config.push_to_hub and trainer.is_world_process_zero():
         push_best(best, config)
     finish_reporting(config)

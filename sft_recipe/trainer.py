@@ -17,19 +17,32 @@ What it overrides, and why:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer
 
+from .artifacts import CHECKPOINT_PREFIX
+from .checkpoints import saving
 from .loss import decoder_and_head, trainable_token_loss
+
+
+def tied_parameter_names(model) -> set[str]:
+    """Names of parameters that share their tensor with another parameter (tied weights)."""
+    by_tensor: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(param), []).append(name)
+    return {n for names in by_tensor.values() if len(names) > 1 for n in names}
 
 
 class SFTTrainer(Trainer):
     """Trainer with the trainable-token loss; `loss_chunk_size=0` keeps the model's own loss."""
 
-    def __init__(self, *args: Any, loss_chunk_size: int = 1024, train_sample: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, loss_chunk_size: int = 1024, train_sample: Any = None, recipe: Any = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.recipe = recipe  # the SFTConfig, for save-failure messages
         self.loss_chunk_size = loss_chunk_size
         # Count trainable tokens as `labels[:, 1:]`, as both losses here shift: the Trainer decides from
         # the model's `loss_type`, which GPT-2 leaves unset, and would then count one token too many
@@ -45,6 +58,22 @@ class SFTTrainer(Trainer):
         self.eval_correct = 0
         self.eval_targets = 0
         self.trainable_tokens_seen: torch.Tensor | int = 0  # all processes, this session; see `log`
+
+    def _save_checkpoint(self, model, trial):
+        """Whatever a save raises becomes one line naming the checkpoint (see `checkpoints.saving`)."""
+        checkpoint = Path(self.args.output_dir) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        with saving(checkpoint, self.recipe if self.recipe is not None else self.args):
+            super()._save_checkpoint(model, trial)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Loading the best checkpoint back: tied weights (the LM head shares the embeddings) are not
+        saved, so they are "missing" by design; warn only about keys that are really missing."""
+        tied = tied_parameter_names(self.model)
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        if len(missing) != len(load_result.missing_keys):
+            self.model.tie_weights()
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing)
+                                           if hasattr(load_result, "_replace") else load_result)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The Trainer counts each optimizer step's trainable tokens (over all processes) to normalise

@@ -7,14 +7,18 @@ the arguments also initialises the (possibly distributed) state, so it is the fi
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import sys
+import typing
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
 from .config import MAPPED_TRAINING_ARGS, SFTConfig
-from .errors import RecipeError
+from .errors import RecipeError, one_line
+from .recipe import coerce, describe
 from .hardware import default_loss_chunk_size, resolve_precision
 
 
@@ -88,11 +92,30 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
         logging_nan_inf_filter=False,
     )
     assert set(mapped) == MAPPED_TRAINING_ARGS, set(mapped) ^ MAPPED_TRAINING_ARGS
-    mapped.update(config.training_args)
+    mapped.update(check_pass_through(config.training_args))
     mapped.update(overrides)
     try:
         return TrainingArguments(**mapped)
-    except TypeError as exc:  # unknown pass-through key
-        raise RecipeError(f"training_args: {exc}") from None
-    except ValueError as exc:
-        raise RecipeError(f"training arguments rejected: {str(exc).splitlines()[0]}") from None
+    except (TypeError, ValueError, ImportError) as exc:  # e.g. a combination the Trainer refuses
+        raise RecipeError(f"training arguments rejected: {one_line(exc)}") from None
+
+
+def check_pass_through(values: dict[str, Any]) -> dict[str, Any]:
+    """`training_args` keys must be `TrainingArguments` fields and their values of the field's type,
+    so a typo or `adam_beta1: high` fails now, not at the first optimizer step after tokenization."""
+    checked = {}
+    for key, value in values.items():
+        if key not in _TA_HINTS:
+            close = difflib.get_close_matches(str(key), _TA_HINTS, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RecipeError(f"recipe key 'training_args': unknown TrainingArguments field '{key}'{hint}")
+        ok, result = coerce(value, _TA_HINTS[key])
+        if not ok:
+            raise RecipeError(f"recipe key 'training_args.{key}' expects {describe(_TA_HINTS[key])}, got "
+                              f"{value!r} ({type(value).__name__})")
+        checked[key] = result
+    return checked
+
+
+_TA_HINTS = {f.name: typing.get_type_hints(TrainingArguments).get(f.name, Any)
+             for f in dataclasses.fields(TrainingArguments) if f.init}

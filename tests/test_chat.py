@@ -115,6 +115,7 @@ class EndOfTurnModel:
     """A stub for `generate`: records the prompt ids it gets and always answers `end`."""
 
     training = False
+    config = None  # no context limit
 
     def __init__(self, end: int):
         import torch

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
+from safetensors.torch import save_file
 from conftest import base_recipe, write_recipe
 
 from sft_recipe.artifacts import COMPLETE_MARKER
@@ -26,7 +28,8 @@ MAIN_PROCESS = SimpleNamespace(process_index=0)
 def make_checkpoint(out: Path, step: int, state: bool = True, marker: bool = True) -> Path:
     path = out / f"checkpoint-{step}"
     path.mkdir(parents=True)
-    (path / "model.safetensors").write_bytes(b"weights")
+    # a readable weights file: resume checks the headers of a complete checkpoint's files
+    save_file({"w": torch.zeros(2)}, str(path / "model.safetensors"))
     if state:
         (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     if marker:

@@ -61,7 +61,8 @@ def test_user_error_is_one_line_exit_2_no_traceback(tmp_path, alpaca_file, bpe_t
     proc = subprocess.run([sys.executable, "-m", "sft_recipe", "train", str(recipe)], capture_output=True,
                           text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"sft-recipe: error: {recipe}: unknown recipe key 'learnig_rate' "
+    line = next(i + 1 for i, text in enumerate(recipe.read_text().splitlines()) if text.startswith("learnig_rate"))
+    assert proc.stderr.strip() == (f"sft-recipe: error: {recipe}: line {line}: unknown recipe key 'learnig_rate' "
                                    "(did you mean 'learning_rate'?)")
     assert "Traceback" not in proc.stdout + proc.stderr
 

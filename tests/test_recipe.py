@@ -61,7 +61,7 @@ def test_bad_values_name_the_key(tmp_path, override, message):
 
 
 def test_unknown_yaml_key_names_the_file(tmp_path):
-    with pytest.raises(RecipeError, match=r"r\.yaml: unknown recipe key 'num_epoch' \(did you mean 'num_epochs'\?\)"):
+    with pytest.raises(RecipeError, match=r"r\.yaml: line \d+: unknown recipe key 'num_epoch' \(did you mean 'num_epochs'\?\)"):
         load_recipe(recipe_file(tmp_path, num_epoch=3))
 
 
@@ -77,7 +77,7 @@ def test_required_keys(tmp_path):
 def test_broken_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_name: m\n  dataset: [oops\n")
-    with pytest.raises(RecipeError, match=r"bad\.yaml: line \d+ invalid YAML"):
+    with pytest.raises(RecipeError, match=r"bad\.yaml: line \d+: invalid YAML"):
         load_recipe(bad)
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")

@@ -70,7 +70,10 @@ def read_template(name: str) -> str:
     if path.suffix == ".jinja" or path.exists() or "/" in name:
         if not path.is_file():
             raise RecipeError(f"chat_template: {name}: template file not found")
-        return path.read_text(encoding="utf-8")
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise RecipeError(f"chat_template: {name}: not UTF-8 text") from None
     raise RecipeError(f"chat_template: unknown built-in template '{name}' (built-ins: {', '.join(builtins)}; "
                       "or give the path of a .jinja file)")
 

@@ -36,13 +36,14 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 def normalise(dataset, dataset_format: str, source: str):
     """Check columns and field types, then map every format onto its canonical columns."""
     columns = set(dataset.column_names)
-    if dataset_format == "messages" and "messages" not in columns and "conversations" in columns:
+    if dataset_format == "messages" and "conversations" in columns:  # rows of either kind, even mixed
         dataset = dataset.map(sharegpt_to_messages, remove_columns=["conversations"])
         columns = set(dataset.column_names)
     if dataset_format == "prompt_completion" and columns >= {"prompt", "completion"} and \
             _is_message_list(dataset[0]["prompt"]):
         dataset_format = "messages"  # conversational prompt/completion: handled by the chat rules
-        dataset = dataset.map(prompt_completion_to_messages, remove_columns=sorted(columns))
+        dataset = dataset.map(prompt_completion_to_messages, remove_columns=sorted(columns), with_indices=True,
+                              fn_kwargs={"source": source})
         columns = set(dataset.column_names)
     missing = [c for c in REQUIRED_COLUMNS[dataset_format] if c not in columns]
     if missing:
@@ -103,7 +104,10 @@ def sharegpt_to_messages(row: dict[str, Any]) -> dict[str, Any]:
     """ShareGPT `conversations: [{from, value}]` -> `messages: [{role, content}]` (for datasets.map).
 
     Unknown `from` values pass through unchanged so that validation reports them with the row.
+    A row that has `messages` (a file mixing both kinds) keeps them.
     """
+    if row.get("messages") is not None:
+        return {"messages": row["messages"]}
     turns = row.get("conversations")
     if not isinstance(turns, list):
         return {"messages": turns}
@@ -114,7 +118,7 @@ def sharegpt_to_messages(row: dict[str, Any]) -> dict[str, Any]:
     ]}
 
 
-def prompt_completion_to_messages(row: dict[str, Any]) -> dict[str, Any]:
+def prompt_completion_to_messages(row: dict[str, Any], index: int = 0, source: str = "data") -> dict[str, Any]:
     """Conversational prompt/completion (both message lists) -> one `messages` list.
 
     A plain-string completion becomes one assistant turn. Assistant turns inside the prompt are
@@ -123,6 +127,12 @@ def prompt_completion_to_messages(row: dict[str, Any]) -> dict[str, Any]:
     completion = row["completion"]
     if isinstance(completion, str):
         completion = [{"role": "assistant", "content": completion}]
+    elif completion is not None and not isinstance(completion, list):
+        raise DataError(f"{source}: row {index + 1}: key 'completion' must be a string or a list of messages, "
+                        f"got {type(completion).__name__}")
+    if not isinstance(row["prompt"], list):
+        kind = "null" if row["prompt"] is None else type(row["prompt"]).__name__
+        raise DataError(f"{source}: row {index + 1}: key 'prompt' must be a list of messages, got {kind}")
     return {"messages": list(row["prompt"]) + list(completion or [])}
 
 

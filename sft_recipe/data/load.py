@@ -6,6 +6,7 @@ long message: JSON files are re-read to find the culprit when `datasets` rejects
 
 from __future__ import annotations
 
+import codecs
 import json
 import mmap
 import re
@@ -15,7 +16,7 @@ from typing import Any, Iterator
 import datasets
 
 from ..config import SFTConfig
-from ..errors import DataError
+from ..errors import DataError, one_line
 from .builtin import is_builtin, materialise_dataset
 from .formats import OPTIONAL_STRING_COLUMNS, REQUIRED_COLUMNS
 
@@ -30,15 +31,13 @@ def load_source(source: str, config: SFTConfig):
     looks_local = path.suffix.lower() in LOCAL_BUILDERS or source.startswith((".", "/", "~"))
     if looks_local and not path.exists():
         raise DataError(f"{source}: dataset file not found")
+    files = data_files(path) if path.is_dir() else [path] if path.is_file() else []
+    for file in files:
+        check_text_file(file)
     try:
         if path.is_file():
-            builder = LOCAL_BUILDERS.get(path.suffix.lower())
-            if builder is None:
-                raise DataError(f"{source}: unsupported file type '{path.suffix}' (use one of "
-                                f"{', '.join(sorted(LOCAL_BUILDERS))})")
+            builder = LOCAL_BUILDERS[path.suffix.lower()]
             kwargs = {"keep_linebreaks": True} if builder == "text" else {}
-            if builder == "json":
-                reject_null_lines(path)
             return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
         if path.is_dir():
             return datasets.load_dataset(str(path), split=config.dataset_split)
@@ -46,10 +45,68 @@ def load_source(source: str, config: SFTConfig):
     except DataError:
         raise
     except Exception as exc:  # datasets/pyarrow errors are long; find the real culprit ourselves
-        if path.is_file() and path.suffix.lower() in (".json", ".jsonl"):
-            diagnose_json(path, config.dataset_format)
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{source}: could not load dataset: {first_line}") from None
+        for file in files:
+            if file.suffix.lower() in (".json", ".jsonl"):
+                diagnose_json(file, config.dataset_format)
+        raise DataError(f"{source}: could not load dataset: {one_line(exc)}") from None
+
+
+def data_files(directory: Path) -> list[Path]:
+    """The data files of a dataset directory, all of one type: `datasets` would load only the most
+    common type and silently drop the rest, so a mix (or a file of unknown type) is refused."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and not _ignored(p.relative_to(directory)))
+    unknown = [p for p in files if p.suffix.lower() not in LOCAL_BUILDERS]
+    if unknown:
+        raise DataError(f"{unknown[0]}: unsupported file type '{unknown[0].suffix}' in the dataset directory "
+                        f"(use one of {', '.join(sorted(LOCAL_BUILDERS))})")
+    kinds = sorted({LOCAL_BUILDERS[p.suffix.lower()] for p in files})
+    if len(kinds) > 1:
+        counts = ", ".join(f"{k}: {sum(LOCAL_BUILDERS[p.suffix.lower()] == k for p in files)}" for k in kinds)
+        raise DataError(f"{directory}: mixed file types ({counts} files); a dataset directory must hold one "
+                        "format, so that no file is left out: convert them, or point dataset at one file")
+    if not files:
+        raise DataError(f"{directory}: no data files (use one of {', '.join(sorted(LOCAL_BUILDERS))})")
+    return files
+
+
+def _ignored(relative: Path) -> bool:
+    """Hidden files and the documentation a dataset directory may carry."""
+    return any(part.startswith(".") for part in relative.parts) or \
+        relative.name.upper().startswith(("README", "LICENSE"))
+
+
+def check_text_file(path: Path) -> None:
+    """An empty or non-UTF-8 text file would reach the library as StopIteration or "An error
+    occurred while generating the dataset": say what is wrong, with the line."""
+    builder = LOCAL_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise DataError(f"{path}: unsupported file type '{path.suffix}' (use one of "
+                        f"{', '.join(sorted(LOCAL_BUILDERS))})")
+    if builder == "parquet":
+        return
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    seen, lines, blank = 0, 1, True
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                line = lines + exc.object[:exc.start].count(b"\n")
+                raise DataError(f"{path}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+                                "convert the file to UTF-8") from None
+            seen += len(chunk)
+            lines += chunk.count(b"\n")
+            blank = blank and not text.strip()
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: line {lines}: not UTF-8 text (the file ends inside a character)") from None
+    if blank:
+        raise DataError(f"{path}: the file is empty (only whitespace)")
+    if builder == "json":
+        reject_null_lines(path)
 
 
 def reject_null_lines(path: Path) -> None:
