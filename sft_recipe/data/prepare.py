@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import SFTConfig
 from ..errors import DataError
-from .formats import drop_empty_completions, normalise
+from .formats import describe_mapping, drop_empty_completions, map_columns, normalise
 from .load import load_source
 from .stats import TokenStats, row_stats
 from .tokenization import tokenize_messages, tokenize_prompt_completion, tokenize_text
@@ -79,7 +79,13 @@ def load_raw(config: SFTConfig):
         dataset = dataset.select(range(min(config.max_examples, len(dataset))))
     if len(dataset) == 0:
         raise DataError(f"{source}: the dataset is empty")
-    dataset = normalise(dataset, config.dataset_format, source)
+    dataset = map_columns(dataset, config.columns, source)
+    try:
+        dataset = normalise(dataset, config.dataset_format, source)
+    except DataError as exc:
+        if config.columns and "missing column" in str(exc):  # say which mapping left it missing
+            raise DataError(f"{exc}; columns mapping: {describe_mapping(config.columns)}") from None
+        raise
     if "completion" in dataset.column_names:
         return drop_empty_completions(dataset, source)
     return dataset, 0
