@@ -11,7 +11,8 @@ What it overrides, and why:
   `trainable_tokens_seen` for the throughput callback.
 - `evaluation_loop`: eval loss as the mean over every held-out trainable token on all processes
   (not the Trainer's average of per-batch means), plus perplexity and next-token accuracy, and the
-  same figures for a fixed training sample (`train_sample_*`).
+  same figures for a fixed training sample (`train_sample_*`) and, for a mixture, per source
+  (`eval_<name>_loss`: one more pass over each source's held-out rows).
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from .loss import decoder_and_head, trainable_token_loss
 class SFTTrainer(Trainer):
     """Trainer with the trainable-token loss; `loss_chunk_size=0` keeps the model's own loss."""
 
-    def __init__(self, *args: Any, loss_chunk_size: int = 1024, train_sample: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, loss_chunk_size: int = 1024, train_sample: Any = None,
+                 eval_parts: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.eval_parts = eval_parts  # a mixture's held-out rows per source: eval_<name>_loss
         self.loss_chunk_size = loss_chunk_size
         # Count trainable tokens as `labels[:, 1:]`, as both losses here shift: the Trainer decides from
         # the model's `loss_type`, which GPT-2 leaves unset, and would then count one token too many
@@ -85,10 +88,14 @@ class SFTTrainer(Trainer):
         `train_sample` as `train_sample_*`: `eval_loss` stays the validation loss that picks the
         best checkpoint."""
         output = self.scored_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        extra = dict(self.eval_parts or {}) if metric_key_prefix == "eval" else {}
         if metric_key_prefix == "eval" and self.train_sample is not None:
-            sample = self.scored_loop(self.get_eval_dataloader(self.train_sample), "Train sample", True,
-                                      ignore_keys, "train_sample")
-            output.metrics.update({k: v for k, v in sample.metrics.items() if "preparation_time" not in k})
+            extra["train_sample"] = self.train_sample
+        for name, rows in extra.items():
+            prefix = name if name == "train_sample" else f"eval_{name}"
+            part = self.scored_loop(self.get_eval_dataloader(rows), prefix, True, ignore_keys, prefix)
+            output.metrics.update({k: v for k, v in part.metrics.items() if "preparation_time" not in k})
+        if extra:
             self.callback_handler.eval_dataloader = dataloader
         return output
 
