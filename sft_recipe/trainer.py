@@ -7,6 +7,8 @@ What it overrides, and why:
   (the Trainer gathers it), so batch 8 x accumulation 1 and batch 2 x accumulation 4 give the
   same loss and gradients. Under DDP it is multiplied by the number of processes, which DDP's
   gradient averaging divides back out.
+  Under FSDP or ZeRO-3 the loss is computed inside the head's forward (`loss.head_trainable_token_loss`),
+  where the sharding wrapper has gathered the head's weight; FSDP2 averages gradients like DDP.
 - `get_batch_samples` and `log`: a running count of trainable tokens, logged as
   `trainable_tokens_seen` for the throughput callback.
 - `evaluation_loop`: eval loss as the mean over every held-out trainable token on all processes
@@ -17,13 +19,17 @@ What it overrides, and why:
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
 
-from .loss import decoder_and_head, trainable_token_loss
+from .loss import decoder_and_head, head_trainable_token_loss, trainable_token_loss
+
+log = logging.getLogger("sft_recipe")
 
 
 class SFTTrainer(Trainer):
@@ -41,6 +47,11 @@ class SFTTrainer(Trainer):
         self.train_sample = train_sample  # fixed training rows scored at every eval (train_sample_loss)
         self._loss_only = False  # set per evaluation: no logits wanted, so the chunked loss applies
         self._parts = decoder_and_head(self.model) if loss_chunk_size else None
+        # Sharded parameters exist whole only inside their module's forward: compute the loss there.
+        self._sharded = bool(self.is_fsdp_enabled or is_deepspeed_zero3_enabled())
+        if self._sharded and loss_chunk_size and self._parts is None:
+            log.info("sharded training: %s has no plain linear head for the trainable-token loss; using the "
+                     "model's own loss", type(self.model).__name__)
         if self._parts is not None:
             # We normalise by `num_items_in_batch` ourselves, so ask the Trainer to count it.
             self.model_accepts_loss_kwargs = True
@@ -79,6 +90,8 @@ class SFTTrainer(Trainer):
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def trainable_token_loss(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if self._sharded:
+            return head_trainable_token_loss(model, self._parts[1], inputs, self.loss_chunk_size)  # type: ignore[index]
         return trainable_token_loss(model, self._parts, inputs, self.loss_chunk_size)  # type: ignore[arg-type]
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,

@@ -252,3 +252,16 @@ def test_bfd_bins_with_varying_rows_per_step_give_the_padded_step(tmp_path):
         assert loss == pytest.approx(reference_loss, rel=1e-4), (batch, accum)
         for name, u in reference_update.items():
             torch.testing.assert_close(update[name], u, atol=1e-6, rtol=1e-4, msg=f"{batch}x{accum} {name}")
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_loss_inside_the_head_matches_the_model_loss(model_type, layout, tmp_path):
+    """The sharding-safe path (used under FSDP / ZeRO-3; 2-process FSDP2 in test_loss_sharded.py)
+    gives the model's loss and gradients on one process too, and leaves the head as it was."""
+    model = tiny_model(model_type, VOCAB)
+    trainer = make_trainer(model, tmp_path, chunk=5)
+    trainer._sharded = True
+    batch = (PackingCollator() if layout == "packed" else PaddingCollator(pad_token_id=0))(ROWS)
+    assert_same_loss_and_grads(model, trainer, batch)
+    assert "forward" not in model.get_output_embeddings().__dict__
