@@ -101,11 +101,11 @@ class SFTTrainer(Trainer):
         `train_sample` as `train_sample_*`: `eval_loss` stays the validation loss that picks the
         best checkpoint."""
         output = self.scored_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        extra = dict(self.eval_parts or {}) if metric_key_prefix == "eval" else {}
+        extra = [(f"eval_{name}", rows) for name, rows in (self.eval_parts or {}).items()] \
+            if metric_key_prefix == "eval" else []
         if metric_key_prefix == "eval" and self.train_sample is not None:
-            extra["train_sample"] = self.train_sample
-        for name, rows in extra.items():
-            prefix = name if name == "train_sample" else f"eval_{name}"
+            extra.append(("train_sample", self.train_sample))
+        for prefix, rows in extra:
             part = self.scored_loop(self.get_eval_dataloader(rows), prefix, True, ignore_keys, prefix)
             output.metrics.update({k: v for k, v in part.metrics.items() if "preparation_time" not in k})
         if extra:
