@@ -14,7 +14,7 @@ from .callbacks.train_valid import TrainValidTable
 from .checkpoints import CheckpointCompleteCallback
 from .config import SFTConfig
 from .data.collate import make_collator
-from .data.prepare import PreparedData, fixed_sample, sample_train_rows
+from .data.prepare import PreparedData, eval_rows_and_parts, sample_train_rows
 from .lora import wrap_lora
 from .model import load_model
 from .signals import StopOnSignal
@@ -30,10 +30,11 @@ def collator_for(config: SFTConfig, model, tokenizer):
     return make_collator(config.packing, tokenizer.pad_token_id, config.pad_to_multiple_of, flash_attention=flash)
 
 
-def build_eval_trainer(config: SFTConfig, args, model, tokenizer, eval_rows: Any) -> SFTTrainer:
-    """A trainer that only evaluates `model` (already loaded) on `eval_rows`."""
+def build_eval_trainer(config: SFTConfig, args, model, tokenizer, eval_rows: Any,
+                       eval_parts: dict[str, Any] | None = None) -> SFTTrainer:
+    """A trainer that only evaluates `model` (already loaded) on `eval_rows` (and a mixture's `eval_parts`)."""
     return SFTTrainer(model=model, args=args, eval_dataset=eval_rows, data_collator=collator_for(config, model, tokenizer),
-                      processing_class=tokenizer, loss_chunk_size=loss_chunk_size(config))
+                      processing_class=tokenizer, loss_chunk_size=loss_chunk_size(config), eval_parts=eval_parts)
 
 
 def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
@@ -47,8 +48,7 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
         model = wrap_lora(model, config.lora)
     checkpointing_supported(model, args)
     # Evaluation rows, and for the train/valid table as many fixed training rows scored the same way
-    eval_rows = fixed_sample(data.eval, config.max_eval_samples, config.seed) if config.max_eval_samples \
-        else data.eval
+    eval_rows, eval_parts = eval_rows_and_parts(data, config.max_eval_samples, config.seed)
     train_sample = sample_train_rows(data.train, len(eval_rows), config.seed) \
         if config.resolved_eval_train_sample else None
     table = [TrainValidTable()] if train_sample is not None else []
@@ -57,7 +57,7 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
         model=model, args=args, train_dataset=data.train, eval_dataset=eval_rows,
         data_collator=collator_for(config, model, tokenizer), processing_class=tokenizer,
         callbacks=[*build_callbacks(config, tokenizer, data), *table, CheckpointCompleteCallback(config), stop],
-        loss_chunk_size=loss_chunk_size(config), train_sample=train_sample, recipe=config,
+        loss_chunk_size=loss_chunk_size(config), train_sample=train_sample, recipe=config, eval_parts=eval_parts,
     )
     loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
     return trainer, stop

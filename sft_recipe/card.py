@@ -53,7 +53,7 @@ def model_card(config: SFTConfig, metrics: dict[str, Any], local_dir: str, *, is
     data = ModelCardData(
         library_name="peft" if is_adapter else "transformers",
         base_model=base if base and is_hub_id(base) else None,
-        datasets=[config.dataset] if config.dataset and is_hub_id(config.dataset) else None,
+        datasets=[p for p in source_paths(config) if is_hub_id(p)] or None,
         tags=["sft-recipe", "text-generation"] + (["lora"] if is_adapter else []),
         pipeline_tag="text-generation",
     )
@@ -92,8 +92,9 @@ def describe_training(config: SFTConfig, is_adapter: bool) -> str:
     what = "the loss on the text" if config.dataset_format == "text" else \
         "the loss on the responses only (prompts are masked)"
     steps = f"{config.max_steps} steps" if config.max_steps else f"{config.num_epochs:g} epochs"
-    return (f"{origin} with sft-recipe on `{config.dataset}` "
-            f"(`{config.dataset_format}` format) with {what}: {steps}, batch {config.batch_size} x "
+    on = f"`{config.dataset}` (`{config.dataset_format}` format)" if config.dataset else "a mixture of " + ", ".join(
+        f"`{s.path}` (`{s.format}`, weight {s.weight:g})" for s in config.datasets or [])
+    return (f"{origin} with sft-recipe on {on} with {what}: {steps}, batch {config.batch_size} x "
             f"{config.gradient_accumulation_steps} accumulation per device, learning rate "
             f"{config.learning_rate:g}, max length {config.max_length}.")
 
@@ -144,3 +145,8 @@ def usage(config: SFTConfig, name: str, is_adapter: bool) -> str:
     return (f"## How to use\n\nPrompts use {how}; generation stops at the tokenizer's EOS.\n\n"
             f"```python\n{code}\n```\n\nOr with sft-recipe, which applies the template itself:\n\n"
             f"```bash\n{cli}\n```")
+
+
+def source_paths(config: SFTConfig) -> list[str]:
+    """The recipe's dataset, or every source of its mixture."""
+    return [config.dataset] if config.dataset else [s.path for s in config.datasets or []]

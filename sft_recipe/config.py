@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import RecipeError
+from .data_settings import DataSource, check_columns, check_sources
 from .lora_settings import LoraSettings
 
 DatasetFormat = Literal["alpaca", "prompt_completion", "text", "messages"]
@@ -52,6 +53,13 @@ class SFTConfig:
     dataset_format: DatasetFormat = field(
         default="alpaca", metadata={"help": "alpaca | prompt_completion | text | messages."}
     )
+    columns: dict[str, str] | None = field(
+        default=None, metadata={"help": "Format column: dataset column, e.g. {instruction: question, output: answer}."}
+    )
+    datasets: list[DataSource] | None = field(
+        default=None, metadata={"help": "A mixture instead of `dataset`: [{path, format, weight, columns, name, split, "
+                                        "config, max_examples}]; see README 'Mixtures'."}
+    )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_fraction: float = field(
@@ -83,9 +91,10 @@ class SFTConfig:
     batch_size: int = field(default=8, metadata={"help": "Rows per device per micro-batch."})
     eval_batch_size: int | None = field(default=None, metadata={"help": "Defaults to batch_size."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    packing: bool = field(
+    packing: bool | Literal["batch_concat", "bfd"] = field(
         default=False,
-        metadata={"help": "Padding-free batches: rows concatenated, position_ids restart per row."},
+        metadata={"help": "Padding-free batches, position_ids restarting per row: batch_concat (or true) joins "
+                          "each micro-batch's rows; bfd packs rows into bins of max_length by best-fit decreasing."},
     )
     group_by_length: bool = field(
         default=False,
@@ -177,8 +186,14 @@ class SFTConfig:
             value = getattr(self, f.name)
             if isinstance(value, str) and not value.strip():
                 raise RecipeError(f"recipe key '{f.name}' is empty")
-        if self.dataset is None:
-            raise RecipeError("recipe key 'dataset' is required (a hub id or a local file)")
+        if self.dataset is None and self.datasets is None:
+            raise RecipeError("recipe key 'dataset' is required (a hub id or a local file), or 'datasets' (a mixture)")
+        if self.dataset is not None and self.datasets is not None:
+            raise RecipeError("set 'dataset' or 'datasets' (a mixture), not both")
+        self.columns = check_columns(self.columns, "columns")
+        if self.datasets is not None:
+            self.datasets = check_sources(self.datasets)
+        self.packing = "batch_concat" if self.packing is True else self.packing
         if self.model_name is None and not self.from_scratch:
             raise RecipeError("recipe key 'model_name' is required unless from_scratch is true")
         if self.from_scratch and not (self.model_config and "model_type" in self.model_config):
@@ -275,7 +290,7 @@ MAPPED_TRAINING_ARGS = frozenset({
 NOT_TRAINING_ARGS = frozenset({
     "model_name", "tokenizer_name", "from_scratch", "model_config", "trust_remote_code", "attn_implementation",
     "dataset", "dataset_format", "dataset_config", "dataset_split", "eval_fraction", "max_examples",
-    "max_eval_samples",
+    "max_eval_samples", "columns", "datasets",
     "max_length", "chat_template", "chat_template_kwargs", "train_on", "num_proc", "packing", "pad_to_multiple_of",
     "loss_chunk_size", "generation_eval_samples", "max_new_tokens", "training_args", "callbacks", "eval_train_sample",
     "early_stopping_patience", "sample_prompts", "overwrite_output_dir", "push_to_hub", "hub_model_id", "lora",

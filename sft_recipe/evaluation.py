@@ -32,7 +32,7 @@ def evaluate_saved(model_dir: str | Path, config: SFTConfig) -> dict[str, Any]:
     data = prepare_data(config, tokenizer)
     log.info("data: %s", describe_stats(data.stats))
     args = to_training_arguments(config, report_to="none")
-    trainer = build_eval_trainer(config, args, model, tokenizer, data.eval)
+    trainer = build_eval_trainer(config, args, model, tokenizer, data.eval, data.eval_parts)
     metrics = trainer.evaluate()
     if config.generation_eval_samples:
         metrics.update(generation_check(config, trainer, tokenizer, data, "saved model"))

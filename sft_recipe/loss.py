@@ -12,14 +12,23 @@ that projection is most of the step. `trainable_token_loss`:
    each chunk immediately, so `[tokens, vocab]` logits never exist at once.
 
 It returns the *sum* over trainable tokens; the caller (`trainer.SFTTrainer`) divides by the
-trainable-token count of the whole optimizer step. Models whose head is not a plain `nn.Linear`,
+trainable-token count of the whole optimizer step.
+
+Under sharded training (FSDP2, ZeRO-3) the head's weight only exists whole *during the head's own
+forward*: after it, FSDP2 holds a DTensor shard (`F.linear` of a tensor with it raises "mixed
+torch.Tensor and DTensor") and ZeRO-3 an empty placeholder. `head_trainable_token_loss` therefore
+computes the same chunked loss inside the head's forward (`loss_inside_head`) and returns it as the
+head's output, so backward also passes the wrapper's output hooks that re-gather parameters. The
+post-forward path stays for unsharded models: it is what single-process and DDP runs have always used. Models whose head is not a plain `nn.Linear`,
 or that post-process logits (soft-capping, scaling), are refused by `decoder_and_head` and use
 the model's own loss.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -154,3 +163,63 @@ def trainable_token_loss(model: nn.Module, parts: tuple[nn.Module, nn.Linear], i
         bias = bias.detach() if bias is not None else None
     loss_sum, correct = ChunkedLinearCrossEntropy.apply(selected, weight, bias, targets[keep], chunk_size)
     return loss_sum, correct, int(keep.sum())
+
+
+@contextlib.contextmanager
+def loss_inside_head(head: nn.Module, labels: torch.Tensor, chunk_size: int) -> Iterator[dict[str, Any]]:
+    """While active, `head(hidden)` (hidden `[batch, seq, dim]`) returns the chunked shifted
+    cross-entropy SUM over trainable positions, shaped `[1, 1, 1]`, computed with the weight as the
+    head sees it inside its forward (gathered by FSDP2 / ZeRO-3). Yields a dict that receives
+    `correct` (counted without grad) and `count` (local trainable tokens).
+
+    Returned as the head's output (not stashed aside) because the sharding wrappers re-gather a unit's
+    parameters for backward from hooks on its forward outputs: a loss that bypassed them left a unit
+    resharded after forward without its parameters in backward (a segfault, measured on gloo).
+    The instance attribute shadows the class's `forward`; `nn.Module.__call__`, and with it the
+    wrappers' pre/post-forward hooks, still runs around it."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    selected_targets = targets[keep]
+    result: dict[str, Any] = {"count": int(keep.sum())}
+    previous = head.__dict__.get("forward")
+
+    def forward(hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if "called" in result:
+            raise RuntimeError("the head was called twice inside loss_inside_head")
+        result["called"] = True
+        if hidden.shape[1] != labels.shape[1]:
+            raise RuntimeError(f"the head got {hidden.shape[1]} positions, the labels have {labels.shape[1]}: "
+                               "call the model with logits_to_keep=0")
+        weight, bias = head.weight, getattr(head, "bias", None)
+        selected = hidden[:, :-1][keep]
+        if not torch.is_grad_enabled():  # evaluation: no gradient buffers, accuracy counted
+            selected, weight = selected.detach(), weight.detach()
+            bias = bias.detach() if bias is not None else None
+        loss_sum, correct = ChunkedLinearCrossEntropy.apply(selected, weight, bias, selected_targets, chunk_size)
+        result["correct"] = correct
+        return loss_sum.reshape(1, 1, 1).clone()  # a fresh tensor: FSDP2 hooks no views
+
+    head.forward = forward
+    try:
+        yield result
+    finally:
+        if previous is not None:
+            head.forward = previous
+        else:
+            del head.forward
+
+
+def head_trainable_token_loss(model: nn.Module, head: nn.Module, inputs: dict[str, torch.Tensor],
+                              chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """`trainable_token_loss` computed inside `head`'s forward: correct under FSDP2 and ZeRO-3, where
+    the head's weight is sharded outside it. Same return value; `model` may be wrapped."""
+    labels = inputs["labels"]
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    with loss_inside_head(head, labels, chunk_size) as result:
+        output = model(**model_inputs, logits_to_keep=0, use_cache=False)
+    if "called" not in result:
+        raise RuntimeError("the model never called its output embeddings")
+    packed = output.logits if hasattr(output, "logits") else output[0]
+    if packed.numel() != 1:
+        raise RuntimeError(f"the model post-processed its head output into shape {tuple(packed.shape)}")
+    return packed.sum(), result["correct"], result["count"]  # the sum of one element: exact, not a view

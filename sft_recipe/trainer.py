@@ -7,25 +7,32 @@ What it overrides, and why:
   (the Trainer gathers it), so batch 8 x accumulation 1 and batch 2 x accumulation 4 give the
   same loss and gradients. Under DDP it is multiplied by the number of processes, which DDP's
   gradient averaging divides back out.
+  Under FSDP or ZeRO-3 the loss is computed inside the head's forward (`loss.head_trainable_token_loss`),
+  where the sharding wrapper has gathered the head's weight; FSDP2 averages gradients like DDP.
 - `get_batch_samples` and `log`: a running count of trainable tokens, logged as
   `trainable_tokens_seen` for the throughput callback.
 - `evaluation_loop`: eval loss as the mean over every held-out trainable token on all processes
   (not the Trainer's average of per-batch means), plus perplexity and next-token accuracy, and the
-  same figures for a fixed training sample (`train_sample_*`).
+  same figures for a fixed training sample (`train_sample_*`) and, for a mixture, per source
+  (`eval_<name>_loss`: one more pass over each source's held-out rows).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .artifacts import CHECKPOINT_PREFIX
 from .checkpoints import saving
-from .loss import decoder_and_head, trainable_token_loss
+from .loss import decoder_and_head, head_trainable_token_loss, trainable_token_loss
+
+log = logging.getLogger("sft_recipe")
 
 
 def tied_parameter_names(model) -> set[str]:
@@ -40,9 +47,10 @@ class SFTTrainer(Trainer):
     """Trainer with the trainable-token loss; `loss_chunk_size=0` keeps the model's own loss."""
 
     def __init__(self, *args: Any, loss_chunk_size: int = 1024, train_sample: Any = None, recipe: Any = None,
-                 **kwargs: Any) -> None:
+                 eval_parts: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.recipe = recipe  # the SFTConfig, for save-failure messages
+        self.eval_parts = eval_parts  # a mixture's held-out rows per source: eval_<name>_loss
         self.loss_chunk_size = loss_chunk_size
         # Count trainable tokens as `labels[:, 1:]`, as both losses here shift: the Trainer decides from
         # the model's `loss_type`, which GPT-2 leaves unset, and would then count one token too many
@@ -51,6 +59,11 @@ class SFTTrainer(Trainer):
         self.train_sample = train_sample  # fixed training rows scored at every eval (train_sample_loss)
         self._loss_only = False  # set per evaluation: no logits wanted, so the chunked loss applies
         self._parts = decoder_and_head(self.model) if loss_chunk_size else None
+        # Sharded parameters exist whole only inside their module's forward: compute the loss there.
+        self._sharded = bool(self.is_fsdp_enabled or is_deepspeed_zero3_enabled())
+        if self._sharded and loss_chunk_size and self._parts is None:
+            log.info("sharded training: %s has no plain linear head for the trainable-token loss; using the "
+                     "model's own loss", type(self.model).__name__)
         if self._parts is not None:
             # We normalise by `num_items_in_batch` ourselves, so ask the Trainer to count it.
             self.model_accepts_loss_kwargs = True
@@ -105,6 +118,8 @@ class SFTTrainer(Trainer):
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def trainable_token_loss(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if self._sharded:
+            return head_trainable_token_loss(model, self._parts[1], inputs, self.loss_chunk_size)  # type: ignore[index]
         return trainable_token_loss(model, self._parts, inputs, self.loss_chunk_size)  # type: ignore[arg-type]
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
@@ -114,10 +129,14 @@ class SFTTrainer(Trainer):
         `train_sample` as `train_sample_*`: `eval_loss` stays the validation loss that picks the
         best checkpoint."""
         output = self.scored_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        extra = [(f"eval_{name}", rows) for name, rows in (self.eval_parts or {}).items()] \
+            if metric_key_prefix == "eval" else []
         if metric_key_prefix == "eval" and self.train_sample is not None:
-            sample = self.scored_loop(self.get_eval_dataloader(self.train_sample), "Train sample", True,
-                                      ignore_keys, "train_sample")
-            output.metrics.update({k: v for k, v in sample.metrics.items() if "preparation_time" not in k})
+            extra.append(("train_sample", self.train_sample))
+        for prefix, rows in extra:
+            part = self.scored_loop(self.get_eval_dataloader(rows), prefix, True, ignore_keys, prefix)
+            output.metrics.update({k: v for k, v in part.metrics.items() if "preparation_time" not in k})
+        if extra:
             self.callback_handler.eval_dataloader = dataloader
         return output
 

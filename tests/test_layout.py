@@ -1,7 +1,7 @@
 """The package's floor plan: layers that only import downwards, no cycles, short modules.
 
 The layers, lowest first (README "Architecture"); a module may import its own layer or lower:
-0. foundation: errors, artifacts, config, lora_settings, recipe, hardware, host_memory,
+0. foundation: errors, artifacts, config, lora_settings, data_settings, recipe, hardware, host_memory,
    tokenizer_train, metrics, paths
 1. data/: load -> formats -> chat_template -> mask -> tokenization -> collate -> prepare
 2. model: model, lora, loss, training_args, generate
@@ -20,8 +20,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sft_recipe"
 LAYERS = {
-    0: ["errors", "artifacts", "config", "lora_settings", "recipe", "hardware", "host_memory", "tokenizer_train",
-        "metrics", "paths"],
+    0: ["errors", "artifacts", "config", "lora_settings", "data_settings", "recipe", "hardware", "host_memory",
+        "tokenizer_train", "metrics", "paths"],
     1: ["data"],
     2: ["model", "lora", "loss", "training_args", "generate"],
     3: ["trainer", "checkpoints", "signals", "callbacks", "lock", "resume"],

@@ -222,3 +222,46 @@ def test_packing_turns_length_grouping_off(tmp_path):
     config = SFTConfig(dataset="unused.jsonl", model_name="unused", output_dir=str(tmp_path / "out"),
                        packing=True, group_by_length=True, callbacks=[])
     assert to_training_arguments(config, **QUIET).train_sampling_strategy == "random"
+
+
+def test_bfd_bins_with_varying_rows_per_step_give_the_padded_step(tmp_path):
+    """`packing: bfd` micro-batches hold different numbers of rows; the step is still the mean over the
+    step's trainable tokens: one step over all bins (1 x 4 or 2 x 2 bins) == one padded batch of the rows."""
+    from sft_recipe.data.packing import pack_rows
+
+    rows = datasets.Dataset.from_list([{**r, "length": len(r["input_ids"])} for r in ACCUM_ROWS])
+    bins, stats = pack_rows(rows, 48, seed=0)
+    assert stats["bins"] == 4 and sorted(len(b) for b in bins["row_lengths"]) != [2, 2, 2, 2]
+
+    def step(dataset, collator, batch, accum, name):
+        config = SFTConfig(dataset="unused.jsonl", model_name="unused", output_dir=str(tmp_path / name),
+                           batch_size=batch, gradient_accumulation_steps=accum, max_steps=1, loss_chunk_size=5,
+                           learning_rate=0.5, logging_steps=1, callbacks=[])
+        args = to_training_arguments(config, optim="sgd", max_grad_norm=0.0, weight_decay=0.0,
+                                     lr_scheduler_type="constant", **QUIET)
+        model = tiny_model("llama", VOCAB, seed=0)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, loss_chunk_size=5)
+        trainer.train()
+        loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
+        return loss, {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+    reference_loss, reference_update = step(rows, PaddingCollator(pad_token_id=0), 8, 1, "padded")
+    for batch, accum in ((4, 1), (2, 2), (1, 4)):
+        loss, update = step(bins, PackingCollator(), batch, accum, f"bfd{batch}x{accum}")
+        assert loss == pytest.approx(reference_loss, rel=1e-4), (batch, accum)
+        for name, u in reference_update.items():
+            torch.testing.assert_close(update[name], u, atol=1e-6, rtol=1e-4, msg=f"{batch}x{accum} {name}")
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_loss_inside_the_head_matches_the_model_loss(model_type, layout, tmp_path):
+    """The sharding-safe path (used under FSDP / ZeRO-3; 2-process FSDP2 in test_loss_sharded.py)
+    gives the model's loss and gradients on one process too, and leaves the head as it was."""
+    model = tiny_model(model_type, VOCAB)
+    trainer = make_trainer(model, tmp_path, chunk=5)
+    trainer._sharded = True
+    batch = (PackingCollator() if layout == "packed" else PaddingCollator(pad_token_id=0))(ROWS)
+    assert_same_loss_and_grads(model, trainer, batch)
+    assert "forward" not in model.get_output_embeddings().__dict__

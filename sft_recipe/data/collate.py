@@ -1,4 +1,4 @@
-"""Batching: dynamic padding, or padding-free packing.
+"""Batching: dynamic padding, or padding-free packing (of a micro-batch's rows, or of `packing: bfd` bins).
 
 Both collators take rows with `input_ids` and `labels` (extra columns are ignored) and never
 shift labels: Hugging Face causal LMs shift inside the model (or inside our loss).
@@ -67,11 +67,23 @@ class PackingCollator:
         self._flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=flash_attention)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return self._flatten([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        return self._flatten([row for f in features for row in unpack(f)])
 
 
-def make_collator(packing: bool, pad_token_id: int, pad_to_multiple_of: int | None = None,
+def unpack(feature: dict[str, Any]) -> list[dict[str, Any]]:
+    """A `packing: bfd` bin (rows concatenated, with `row_lengths`) back into its rows; a row as is."""
+    if "row_lengths" not in feature:
+        return [{"input_ids": feature["input_ids"], "labels": feature["labels"]}]
+    rows, start = [], 0
+    for n in feature["row_lengths"]:
+        rows.append({"input_ids": feature["input_ids"][start:start + n], "labels": feature["labels"][start:start + n]})
+        start += n
+    return rows
+
+
+def make_collator(packing: bool | str, pad_token_id: int, pad_to_multiple_of: int | None = None,
                   flash_attention: bool = False):
+    """`packing` false: padding; batch_concat (true) or bfd: padding-free (bfd's rows come in bins)."""
     if packing:
         return PackingCollator(flash_attention=flash_attention)
     return PaddingCollator(pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of)

@@ -156,3 +156,25 @@ def validate_conversations(dataset, source: str):
                                 "assistant turn; put a user (or system) turn first")
     rows = dataset.select_columns(columns)
     return rows.add_column("source_row", list(range(1, len(rows) + 1)))
+
+
+def map_columns(dataset, columns: dict[str, str] | None, source: str):
+    """Rename the dataset's own columns onto the format's names (`columns: {output: answer}` renames
+    `answer` to `output`); a column the mapping names must exist. A clashing column of the format's
+    name that the mapping replaces is dropped first."""
+    if not columns:
+        return dataset
+    present = set(dataset.column_names)
+    for target, own in columns.items():
+        if own not in present:
+            raise DataError(f"{source}: column '{own}' (mapped to '{target}' by columns: {describe_mapping(columns)}) "
+                            f"is not in the dataset (columns present: {', '.join(sorted(present)) or 'none'})")
+    renames = {own: target for target, own in columns.items() if own != target}
+    clashes = [t for t in renames.values() if t in present and t not in renames]
+    if clashes:
+        dataset = dataset.remove_columns(clashes)
+    return dataset.rename_columns(renames) if renames else dataset
+
+
+def describe_mapping(columns: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{target}: {own}" for target, own in columns.items()) + "}"

@@ -11,12 +11,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import datasets
 import numpy as np
 
 from ..config import SFTConfig
 from ..errors import DataError
-from .formats import drop_empty_completions, normalise
+from .formats import describe_mapping, drop_empty_completions, map_columns, normalise
 from .load import load_source
+from .mixture import concat_or_none, describe_sources, mix, source_config, uniform_rows
+from .packing import pack_rows
 from .stats import TokenStats, row_stats
 from .tokenization import tokenize_messages, tokenize_prompt_completion, tokenize_text
 
@@ -31,10 +34,42 @@ class PreparedData:
     eval: Any
     eval_raw: Any | None  # held-out rows before tokenization, for generation checks
     stats: dict[str, Any]
+    eval_parts: dict[str, Any] | None = None  # a mixture's held-out rows per source name
 
 
 def prepare_data(config: SFTConfig, tokenizer) -> PreparedData:
     """Load, validate, split and tokenize: exactly the rows training will see."""
+    data = prepare_mixture(config, tokenizer) if config.datasets else prepare_source(config, tokenizer)
+    if config.packing == "bfd":  # train rows only: eval scores rows, and its loss is per token anyway
+        data.train, data.stats["packing"] = pack_rows(data.train, config.max_length, config.seed)
+    return data
+
+
+def prepare_mixture(config: SFTConfig, tokenizer) -> PreparedData:
+    """Each source prepared (and split) on its own, so every source is evaluated; the training rows
+    drawn by weight (see `mixture.py`); the held-out rows of every source kept whole."""
+    sources = config.datasets or []
+    prepared = [prepare_source(source_config(config, s), tokenizer) for s in sources]
+    train, counts = mix([uniform_rows(p.train) for p in prepared], sources, config.seed)
+    eval_parts = {s.name: uniform_rows(p.eval) for s, p in zip(sources, prepared)}
+    stats: dict[str, Any] = {}
+    for name in ("train", "eval"):
+        fields = set(TokenStats.__dataclass_fields__)
+        total = TokenStats()
+        for p in prepared:
+            total = total.add(TokenStats(**{k: v for k, v in p.stats[name].items() if k in fields}))
+        stats[name] = total.to_dict()
+    stats["sources"] = {
+        s.name: {"path": s.path, "format": s.format, "weight": s.weight, "available": len(p.train), "drawn": n,
+                 "eval_rows": len(p.eval), "train": p.stats["train"], "eval": p.stats["eval"]}
+        for s, p, n in zip(sources, prepared, counts)
+    }
+    eval_rows = datasets.concatenate_datasets(list(eval_parts.values()))
+    return PreparedData(train, eval_rows, concat_or_none([p.eval_raw for p in prepared]), stats, eval_parts)
+
+
+def prepare_source(config: SFTConfig, tokenizer) -> PreparedData:
+    """One source: load, validate, split and tokenize."""
     source = config.dataset or ""
     raw, dropped_empty = load_raw(config)
     if config.dataset_format == "text":
@@ -64,9 +99,14 @@ def prepare_data(config: SFTConfig, tokenizer) -> PreparedData:
 
 def describe_stats(stats: dict[str, Any]) -> str:
     fields = set(TokenStats.__dataclass_fields__)
-    return "; ".join(
+    line = "; ".join(
         f"{name}: {TokenStats(**{k: v for k, v in s.items() if k in fields}).summary()}" for name, s in stats.items()
+        if name in ("train", "eval")
     )
+    if "packing" in stats:
+        p = stats["packing"]
+        line += f"; packed {p['rows']} train rows into {p['bins']} bins of {p['max_length']} tokens, {p['fill']:.1%} full"
+    return f"{line}; sources: {describe_sources(stats['sources'])}" if "sources" in stats else line
 
 
 def load_raw(config: SFTConfig):
@@ -79,7 +119,13 @@ def load_raw(config: SFTConfig):
         dataset = dataset.select(range(min(config.max_examples, len(dataset))))
     if len(dataset) == 0:
         raise DataError(f"{source}: the dataset is empty")
-    dataset = normalise(dataset, config.dataset_format, source)
+    dataset = map_columns(dataset, config.columns, source)
+    try:
+        dataset = normalise(dataset, config.dataset_format, source)
+    except DataError as exc:
+        if config.columns and "missing column" in str(exc):  # say which mapping left it missing
+            raise DataError(f"{exc}; columns mapping: {describe_mapping(config.columns)}") from None
+        raise
     if "completion" in dataset.column_names:
         return drop_empty_completions(dataset, source)
     return dataset, 0
@@ -91,6 +137,16 @@ def split_rows(dataset, eval_fraction: float, seed: int, source: str):
         raise DataError(f"{source}: need at least 2 rows to hold out an eval split, got {len(dataset)}")
     parts = dataset.train_test_split(test_size=eval_fraction, seed=seed)
     return parts["train"], parts["test"]
+
+
+def eval_rows_and_parts(data: PreparedData, max_eval_samples: int | None, seed: int) -> tuple[Any, dict | None]:
+    """The rows every evaluation scores (at most `max_eval_samples`, per source for a mixture) and,
+    for a mixture, the same rows per source."""
+    if data.eval_parts is None:
+        return (fixed_sample(data.eval, max_eval_samples, seed) if max_eval_samples else data.eval), None
+    parts = {name: fixed_sample(part, max_eval_samples, seed) if max_eval_samples else part
+             for name, part in data.eval_parts.items()}
+    return datasets.concatenate_datasets(list(parts.values())), parts
 
 
 def fixed_sample(rows, n: int, seed: int):

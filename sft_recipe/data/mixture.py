@@ -1,0 +1,92 @@
+"""Dataset mixtures: how many training rows each `datasets:` source contributes, and which.
+
+Weights are relative shares of the mixture's training rows (blocks of `max_length` tokens, i.e.
+tokens, for text). The mixture has as many training rows as its sources hold together, so no
+weight can make an epoch silently smaller or larger than the data; a source then gives
+
+    wanted = share x total rows          (largest-remainder rounding: the counts add up exactly)
+
+rows: drawn without replacement when it holds at least that many, else repeated whole as many
+times as fit plus a draw without replacement for the rest. Rows are never drawn with replacement,
+so no row appears twice while another of the same source is left out. Draws depend only on the
+seed and the source's position, so a mixture is the same on every process and after a resume
+(the Trainer's seeded sampler then shuffles the mixed rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+
+from ..config import SFTConfig
+from ..data_settings import DataSource
+
+ROW_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int64")),
+                                  "labels": datasets.List(datasets.Value("int64"))})
+
+
+def source_config(config: SFTConfig, source: DataSource) -> SFTConfig:
+    """The recipe as if `source` were its only `dataset:`; every per-source step reuses it."""
+    return dataclasses.replace(config, dataset=source.path, datasets=None, dataset_format=source.format,  # type: ignore[arg-type]
+                               dataset_split=source.split, dataset_config=source.config,
+                               max_examples=source.max_examples, columns=source.columns)
+
+
+def draw_counts(available: list[int], weights: list[float]) -> list[int]:
+    """Rows wanted per source: `weights` as shares of `sum(available)`, rounded to add up exactly."""
+    total = sum(available)
+    exact = np.asarray(weights, dtype=np.float64) / float(sum(weights)) * total
+    counts = np.floor(exact).astype(np.int64)
+    for i in np.argsort(-(exact - counts), kind="stable")[:total - int(counts.sum())]:
+        counts[i] += 1
+    return [int(c) for c in counts]
+
+
+def draw_indices(available: int, wanted: int, seed: int, position: int) -> np.ndarray:
+    """`wanted` row indices of a source of `available` rows: whole repeats, then a seeded draw
+    without replacement (kept in row order)."""
+    whole, rest = divmod(wanted, available)
+    rng = np.random.default_rng([seed, position])
+    picked = np.sort(rng.choice(available, size=rest, replace=False))
+    return np.concatenate([np.tile(np.arange(available), whole), picked]).astype(np.int64)
+
+
+def uniform_rows(rows) -> Any:
+    """`input_ids`, `labels` (int64 lists) and `length` only, so that every format concatenates
+    (text blocks are fixed-size lists; SFT rows carry extra counting columns)."""
+    rows = rows.select_columns(["input_ids", "labels"])
+    if rows.features != ROW_FEATURES:
+        rows = rows.cast(ROW_FEATURES)
+    lengths = pc.list_value_length(rows.data.column("input_ids")).to_numpy()
+    return rows.add_column("length", lengths.astype(np.int64).tolist())
+
+
+def mix(parts: list[Any], sources: list[DataSource], seed: int) -> tuple[Any, list[int]]:
+    """The mixed training rows (sources in order; the Trainer shuffles) and the count per source."""
+    counts = draw_counts([len(p) for p in parts], [s.weight for s in sources])
+    chosen = [part.select(draw_indices(len(part), n, seed, i)) for i, (part, n) in enumerate(zip(parts, counts))]
+    return datasets.concatenate_datasets([c for c in chosen if len(c)]), counts
+
+
+def concat_or_none(parts: list[Any]) -> Any | None:
+    """Held-out raw rows of every source, when they share one schema (for generation checks)."""
+    present = [p for p in parts if p is not None]
+    if len(present) != len(parts) or len({tuple(sorted(p.column_names)) for p in present}) != 1:
+        return None
+    try:
+        return datasets.concatenate_datasets(present)
+    except ValueError:  # same names, different feature types
+        return None
+
+
+def describe_sources(sources: dict[str, dict[str, Any]]) -> str:
+    """`gsm8k 7000 rows -> 8000 drawn (weight 2: 50.0%), eval 700; ...` for the start-of-run data line."""
+    total = sum(s["drawn"] for s in sources.values()) or 1
+    return "; ".join(
+        f"{name} {s['available']} rows -> {s['drawn']} drawn (weight {s['weight']:g}: {s['drawn'] / total:.1%}), "
+        f"eval {s['eval_rows']}" for name, s in sources.items()
+    )
