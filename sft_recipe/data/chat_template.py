@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 import jinja2
+from transformers.utils.chat_template_utils import _compile_jinja_template
 
 from ..config import SFTConfig
 from ..errors import DataError, RecipeError
@@ -34,7 +35,7 @@ def setup_chat_template(tokenizer, config: SFTConfig) -> None:
         return
     text = read_template(config.chat_template)
     try:  # a syntax error is the recipe's mistake: say where, before any row is rendered
-        jinja2.Environment().parse(text)
+        _compile_jinja_template(text)  # transformers' own environment ({% generation %} included)
     except jinja2.TemplateSyntaxError as exc:
         raise RecipeError(f"chat_template: {config.chat_template}: line {exc.lineno}: {exc.message}") from None
     tokenizer.chat_template = text
