@@ -30,7 +30,7 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     model.eval()
     answers: list[str] = []
     device = next(model.parameters()).device
-    context = max_positions(model.config)
+    context = max_positions(getattr(model, "config", None))
     for start in range(0, len(prompts), batch_size):
         ids = encode(prompts[start:start + batch_size])
         width = max(len(x) for x in ids)

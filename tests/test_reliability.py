@@ -111,7 +111,7 @@ def test_duplicate_recipe_key_is_refused_with_its_line(tmp_path, alpaca_file, ca
     recipe.write_text(f"dataset: {alpaca_file}\nmodel_name: m\nlearning_rate: 1e-3\nlearning_rate: 1e-2\n")
     assert main(["preprocess", str(recipe), "--output", str(tmp_path / "pre")]) == 2
     line = error_line(capsys.readouterr().err)
-    assert f"{recipe}: line 4:" in line and "duplicate key 'learning_rate'" in line and "line 3" in line
+    assert f"{recipe}: line 4" in line and "duplicate key 'learning_rate'" in line and "line 3" in line
 
 
 @pytest.mark.parametrize("content", ["dataset: café\n".encode("latin-1"), bytes(range(256))])
