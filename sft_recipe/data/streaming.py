@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import copy
 import logging
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import datasets
@@ -28,7 +29,7 @@ from ..config import SFTConfig
 from ..errors import DataError, RecipeError, UserError, one_line
 from .mask import Example
 from .stats import TokenStats
-from .stream_source import canonical_row, node_share, open_stream
+from .stream_source import builder_of, canonical_row, node_share, open_stream
 from .tokenization import conversation_encoder, prompt_completion_encoder, text_encoder
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def row_encoder(config: SFTConfig, tokenizer, where: str) -> Encode:
     """The per-row tokenization of `config.dataset_format` (the same functions as without streaming)."""
     fmt, columns = config.dataset_format, config.columns
     if fmt == "text":
-        add_eos = not (config.dataset or "").lower().split(".gz")[0].endswith(".txt")
+        add_eos = builder_of(Path(config.dataset or "")) != "text"  # as without streaming: a .txt is one text
         encode_text = text_encoder(tokenizer, add_eos)
         return lambda raw, n: encode_text({"text": [canonical_row(raw, fmt, columns, f"{where}: row {n}")["text"]]})["ids"][0]
     pc = prompt_completion_encoder(tokenizer, config.max_length)
