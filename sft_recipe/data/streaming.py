@@ -66,6 +66,11 @@ class TokenStream(torch.utils.data.IterableDataset):
         raise UserError(f"streaming: the position after item {items} is no longer known (kept: the last "
                         f"{self.history.maxlen}); raise the history or lower dataloader read-ahead")
 
+    def save_to_disk(self, path: str) -> None:
+        """`sft-recipe preprocess` writes the training rows; a stream has no end to write up to."""
+        raise UserError(f"{path}: a stream has no end to save; run preprocess with --streaming false "
+                        "(and --max_examples N for a sample)")
+
     def __iter__(self) -> Iterator[dict[str, list[int]]]:
         resume, self._resume = self._resume, None
         epoch = resume["epoch"] if resume else 0
