@@ -155,3 +155,23 @@ def test_streaming_without_max_steps_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and "streaming: true needs 'max_steps'" in err, err
+
+
+def test_conversations_match_the_non_streaming_rows(tmp_path, bpe_chatml):
+    from sft_recipe.data.tokenization import tokenize_messages
+
+    rows = [{"messages": [{"role": "user", "content": f"the cat sat {i}"},
+                          {"role": "assistant", "content": "yes " * (1 + i % 4)}]} for i in range(12)]
+    rows[3]["messages"] = rows[3]["messages"][:1]  # unanswered: dropped, as without streaming
+    path = write_jsonl(tmp_path / "chats.jsonl", rows)
+    settings = dict(dataset=str(path), dataset_format="messages", model_name="toy", max_length=64,
+                    chat_template="chatml")
+    train, eval_rows, _, stats = prepare_stream(SFTConfig(**settings, streaming=True, max_steps=1,
+                                                          streaming_eval_examples=4), bpe_chatml)
+    raw, _ = load_raw(SFTConfig(**settings))
+    expected, _ = tokenize_messages(raw, bpe_chatml, SFTConfig(**settings))
+    assert stats["streaming"]["held_out_source_rows"] == 5  # 4 kept + the unanswered one
+    assert eval_rows["input_ids"] == expected["input_ids"][:4] and eval_rows["labels"] == expected["labels"][:4]
+    items = list(itertools.islice(iter(train), len(expected) - 4))
+    assert [i["input_ids"] for i in items] == expected["input_ids"][4:]
+    assert [i["labels"] for i in items] == expected["labels"][4:]
