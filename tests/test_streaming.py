@@ -28,15 +28,16 @@ def train_command(recipe) -> list[str]:
 
 
 def test_two_processes_stream_like_one(tmp_path, bpe_tokenizer_dir):
-    """Process r trains on rows held_out + r, + r + 2, ...: the global batches of 2 processes at batch 2
-    are the batches of 1 process at batch 4, so the steps match; and the eval loss is that of the
-    non-streaming run (other rows held out, another order) within 0.05."""
+    """Process r trains on rows held_out + r, + r + 2, ...: when no row is dropped (max_length 256 drops
+    none here), the global batches of 2 processes at batch 2 are the batches of 1 process at batch 4,
+    so the steps match; and the eval loss is that of the non-streaming run (other rows held out,
+    another order) within 0.05."""
     data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(160))
     model_config = tiny_model_config(attention_dropout=0.0)
     model_config.pop("vocab_size")
-    common = dict(model_config=model_config, max_steps=8, eval_steps=8, save_steps=8, logging_steps=1,
-                  eval_batch_size=4, warmup_steps=0)
-    stream = dict(streaming=True, streaming_eval_examples=16)
+    common = dict(model_config=model_config, max_length=256, max_steps=16, eval_steps=16, save_steps=16,
+                  logging_steps=1, eval_batch_size=8, warmup_steps=0, eval_fraction=0.25)  # 40 held-out rows each
+    stream = dict(streaming=True, streaming_eval_examples=40)
     runs = {}
     for name, batch, extra in (("plain", 4, {}), ("one", 4, stream), ("two", 2, stream)):
         out = tmp_path / name
@@ -51,7 +52,7 @@ def test_two_processes_stream_like_one(tmp_path, bpe_tokenizer_dir):
                               env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
         runs[name] = out
-    assert sorted(p.name for p in (runs["two"] / "checkpoint-8").glob("stream_state_*")) == \
+    assert sorted(p.name for p in (runs["two"] / "checkpoint-16").glob("stream_state_*")) == \
         ["stream_state_0.json", "stream_state_1.json"]
     assert train_log(runs["two"]) == pytest.approx(train_log(runs["one"]), abs=1e-3)
     assert eval_loss(runs["two"]) == pytest.approx(eval_loss(runs["one"]), abs=1e-3)
