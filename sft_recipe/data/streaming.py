@@ -199,8 +199,10 @@ def prepare_stream(config: SFTConfig, tokenizer) -> tuple[Any, Any, Any, dict[st
     eval_rows, eval_raw, used = held_out(stream, encode, config, where)
     state = PartialState()
     train_source = node_share(stream, used, state.process_index, state.num_processes)
+    # The loader reads up to a few optimizer steps ahead of training: keep the positions of that many items.
+    history = max(4096, 4 * config.batch_size * config.gradient_accumulation_steps)
     train = TokenStream(train_source, encode, config.max_length if config.dataset_format == "text" else None,
-                        where=where)
+                        history=history, where=where)
     tokens = sum(len(i) for i in eval_rows["input_ids"])
     trainable = sum(sum(1 for t in lab if t != -100) for lab in eval_rows["labels"])
     dropped = 0 if config.dataset_format == "text" else used - len(eval_rows)
