@@ -19,3 +19,4 @@ TRAINER_STATE_FILENAME = "trainer_state.json"
 LOCK_FILENAME = ".sft_recipe.lock"  # host, pid and start time of the run that owns output_dir
 FINISHED_FILENAME = "run_finished.json"  # written after best/: the step the run ended at
 ADAPTER_CONFIG_FILENAME = "adapter_config.json"  # present in a LoRA adapter directory
+STREAM_STATE_FILENAME = "stream_state_{rank}.json"  # in checkpoint-N/: each process's stream position

@@ -18,6 +18,7 @@ from .data.prepare import PreparedData, eval_rows_and_parts, sample_train_rows
 from .lora import wrap_lora
 from .model import load_model
 from .signals import StopOnSignal
+from .stream_state import StreamStateCallback
 from .trainer import SFTTrainer
 from .training_args import loss_chunk_size
 
@@ -50,13 +51,15 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
     # Evaluation rows, and for the train/valid table as many fixed training rows scored the same way
     eval_rows, eval_parts = eval_rows_and_parts(data, config.max_eval_samples, config.seed)
     train_sample = sample_train_rows(data.train, len(eval_rows), config.seed) \
-        if config.resolved_eval_train_sample else None
+        if config.resolved_eval_train_sample and not config.streaming else None
     table = [TrainValidTable()] if train_sample is not None else []
+    streamed = [StreamStateCallback(data.train)] if config.streaming else []  # before the completion marker
     stop = StopOnSignal()  # SIGTERM / Ctrl-C: save at the next step end, then exit non-zero
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=eval_rows,
         data_collator=collator_for(config, model, tokenizer), processing_class=tokenizer,
-        callbacks=[*build_callbacks(config, tokenizer, data), *table, CheckpointCompleteCallback(config), stop],
+        callbacks=[*build_callbacks(config, tokenizer, data), *table, *streamed, CheckpointCompleteCallback(config),
+                   stop],
         loss_chunk_size=loss_chunk_size(config), train_sample=train_sample, recipe=config, eval_parts=eval_parts,
     )
     loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them

@@ -33,13 +33,9 @@ class SFTConfig:
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Hub id or local directory; defaults to model_name."}
     )
-    from_scratch: bool = field(
-        default=False, metadata={"help": "Build the model from `model_config` with random weights."}
-    )
+    from_scratch: bool = field(default=False, metadata={"help": "Build the model from `model_config` with random weights."})
     model_config: dict[str, Any] | None = field(
-        default=None,
-        metadata={"help": "With from_scratch: kwargs for AutoConfig.for_model, including model_type."},
-    )
+        default=None, metadata={"help": "With from_scratch: kwargs for AutoConfig.for_model, including model_type."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
     attn_implementation: str | None = field(
         default=None, metadata={"help": "eager | sdpa | flash_attention_2; default: the best available."}
@@ -83,6 +79,9 @@ class SFTConfig:
     train_on: TrainOn = field(
         default="all_assistant", metadata={"help": "Which assistant turns carry loss: all_assistant | last_assistant."}
     )
+    streaming: bool = field(default=False, metadata={"help": "Stream the data, tokenized on the fly (needs max_steps)."})
+    streaming_eval_examples: int = field(
+        default=256, metadata={"help": "With streaming: held-out rows (blocks, for text) from the stream's start."})
     num_proc: int | None = field(
         default=None, metadata={"help": "Processes for tokenization; default: all cores for large datasets."}
     )
@@ -194,6 +193,10 @@ class SFTConfig:
         if self.datasets is not None:
             self.datasets = check_sources(self.datasets)
         self.packing = "batch_concat" if self.packing is True else self.packing
+        if self.streaming and (self.max_steps is None or self.packing == "bfd"):
+            raise RecipeError("streaming: true needs 'max_steps' (a stream has no length to count epochs by)" if
+                              self.max_steps is None else "streaming: true cannot pack with bfd (it needs the whole "
+                              "training split up front); use packing: batch_concat")
         if self.model_name is None and not self.from_scratch:
             raise RecipeError("recipe key 'model_name' is required unless from_scratch is true")
         if self.from_scratch and not (self.model_config and "model_type" in self.model_config):
@@ -201,7 +204,7 @@ class SFTConfig:
         if self.from_scratch and self.tokenizer_name is None and self.model_name is None:
             raise RecipeError("from_scratch: true needs 'tokenizer_name'")
         for name in ("max_length", "batch_size", "gradient_accumulation_steps", "logging_steps", "eval_steps",
-                     "save_steps"):
+                     "save_steps", "streaming_eval_examples"):
             if getattr(self, name) <= 0:
                 raise RecipeError(f"recipe key '{name}' must be > 0, got {getattr(self, name)}")
         for name in ("eval_batch_size", "max_examples", "max_eval_samples", "max_steps", "num_proc",
@@ -241,9 +244,7 @@ class SFTConfig:
             self.lora = LoraSettings.from_mapping(self.lora)  # `lora: {}` means LoRA with the defaults
         overlap = sorted(set(self.training_args) & MAPPED_TRAINING_ARGS)
         if overlap:
-            raise RecipeError(
-                f"'training_args' sets {overlap}, which the recipe maps itself; set the recipe keys instead"
-            )
+            raise RecipeError(f"'training_args' sets {overlap}, which the recipe maps itself; set the recipe keys instead")
         secrets = sorted(k for k in self.training_args if is_secret_key(k))
         if secrets:
             # Trainer pickles its arguments into every checkpoint (training_args.bin).
@@ -283,14 +284,14 @@ MAPPED_TRAINING_ARGS = frozenset({
     "greater_is_better", "report_to", "train_sampling_strategy", "bf16", "fp16", "torch_compile",
     "remove_unused_columns", "use_cache", "average_tokens_across_devices", "include_num_input_tokens_seen",
     "tf32", "optim", "dataloader_pin_memory", "disable_tqdm", "use_cpu", "logging_nan_inf_filter",
-    "activation_checkpointing", "activation_checkpointing_kwargs",
+    "activation_checkpointing", "activation_checkpointing_kwargs", "ignore_data_skip",
 })
 
 # Recipe keys consumed before training (data, model, generation), never by TrainingArguments.
 NOT_TRAINING_ARGS = frozenset({
     "model_name", "tokenizer_name", "from_scratch", "model_config", "trust_remote_code", "attn_implementation",
     "dataset", "dataset_format", "dataset_config", "dataset_split", "eval_fraction", "max_examples",
-    "max_eval_samples", "columns", "datasets",
+    "max_eval_samples", "columns", "datasets", "streaming", "streaming_eval_examples",
     "max_length", "chat_template", "chat_template_kwargs", "train_on", "num_proc", "packing", "pad_to_multiple_of",
     "loss_chunk_size", "generation_eval_samples", "max_new_tokens", "training_args", "callbacks", "eval_train_sample",
     "early_stopping_patience", "sample_prompts", "overwrite_output_dir", "push_to_hub", "hub_model_id", "lora",

@@ -22,6 +22,7 @@ from .model import check_model, load_tokenizer
 from .paths import writable_dir
 from .resume import check_resume, mark_finished
 from .save import save_best
+from .stream_state import restore_stream
 from .training_args import to_training_arguments
 
 log = logging.getLogger("sft_recipe")
@@ -58,6 +59,8 @@ def run(config: SFTConfig, args) -> dict[str, Any]:
     # 4. train (resuming if a complete checkpoint exists), then evaluate the best model
     before = generation_check(config, trainer, tokenizer, data, "untrained") if config.generation_eval_samples \
         else None
+    if config.streaming and resume_from is not None:
+        restore_stream(data.train, resume_from, args)  # continue the stream where the checkpoint left it
     with disk_errors(config), stop.handling_signals():
         result = trainer.train(resume_from_checkpoint=resume_from)
     stop.raise_if_stopped(config.output_dir)

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.data_loader import prepare_data_loader
+from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -71,6 +73,16 @@ class SFTTrainer(Trainer):
         self.eval_correct = 0
         self.eval_targets = 0
         self.trainable_tokens_seen: torch.Tensor | int = 0  # all processes, this session; see `log`
+
+    def get_train_dataloader(self):
+        """A stream (`data/streaming.py`) is already this process's share, read in order with its position
+        tracked: no accelerate sharding or dispatching, no worker processes (whose reads it could not see)."""
+        if not isinstance(self.train_dataset, torch.utils.data.IterableDataset):
+            return super().get_train_dataloader()
+        loader = DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+                            num_workers=0, pin_memory=self.args.dataloader_pin_memory)
+        return prepare_data_loader(loader, self.args.device, num_processes=1, process_index=0, put_on_device=True,
+                                   dispatch_batches=False)
 
     def _save_checkpoint(self, model, trial):
         """Whatever a save raises becomes one line naming the checkpoint (see `checkpoints.saving`)."""

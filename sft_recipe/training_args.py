@@ -90,6 +90,9 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
         disable_tqdm=not sys.stderr.isatty(),
         # Log a NaN/Inf loss as it is (the Trainer would hide it) so the nan_guard callback can stop.
         logging_nan_inf_filter=False,
+        # A stream resumes from the position saved in the checkpoint (`stream_state.py`), not by
+        # reading and dropping the batches already trained on.
+        ignore_data_skip=config.streaming,
     )
     assert set(mapped) == MAPPED_TRAINING_ARGS, set(mapped) ^ MAPPED_TRAINING_ARGS
     mapped.update(check_pass_through(config.training_args))

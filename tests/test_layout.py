@@ -5,7 +5,7 @@ The layers, lowest first (README "Architecture"); a module may import its own la
    tokenizer_train, metrics, paths
 1. data/: load -> formats -> chat_template -> mask -> tokenization -> collate -> prepare
 2. model: model, lora, loss, training_args, generate
-3. training: trainer, checkpoints, signals, callbacks/, lock, resume
+3. training: trainer, checkpoints, signals, callbacks/, lock, resume, stream_state
 4. output: card, save, hub, export
 5. runs: build, evaluation, train, chat
 6. cli (the one place allowed to import lazily, to keep `sft-recipe --help` fast)
@@ -24,7 +24,7 @@ LAYERS = {
         "tokenizer_train", "metrics", "paths"],
     1: ["data"],
     2: ["model", "lora", "loss", "training_args", "generate"],
-    3: ["trainer", "checkpoints", "signals", "callbacks", "lock", "resume"],
+    3: ["trainer", "checkpoints", "signals", "callbacks", "lock", "resume", "stream_state"],
     4: ["card", "save", "hub", "export"],
     5: ["build", "evaluation", "train", "chat"],
     6: ["cli", "__main__"],

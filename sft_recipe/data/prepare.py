@@ -21,6 +21,7 @@ from .load import load_source
 from .mixture import concat_or_none, describe_sources, mix, source_config, uniform_rows
 from .packing import pack_rows
 from .stats import TokenStats, row_stats
+from .streaming import prepare_stream
 from .tokenization import tokenize_messages, tokenize_prompt_completion, tokenize_text
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class PreparedData:
 
 def prepare_data(config: SFTConfig, tokenizer) -> PreparedData:
     """Load, validate, split and tokenize: exactly the rows training will see."""
+    if config.streaming:  # see streaming.py: training rows made on the fly, eval rows from the stream's start
+        train, eval_, eval_raw, stats = prepare_stream(config, tokenizer)
+        return PreparedData(train, eval_, eval_raw, stats)
     data = prepare_mixture(config, tokenizer) if config.datasets else prepare_source(config, tokenizer)
     if config.packing == "bfd":  # train rows only: eval scores rows, and its loss is per token anyway
         data.train, data.stats["packing"] = pack_rows(data.train, config.max_length, config.seed)

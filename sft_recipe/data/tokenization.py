@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from typing import Callable
+from typing import Any, Callable
 
 import datasets
 
@@ -74,6 +74,11 @@ def examples_to_columns(examples: list[Example | None]) -> dict[str, list]:
 
 def tokenize_prompt_completion(dataset, tokenizer, max_length: int, num_proc: int | None = None):
     """Rows with `prompt`/`completion` strings -> masked training rows (see mask.py for the rules)."""
+    return map_rows(dataset, prompt_completion_encoder(tokenizer, max_length), num_proc)
+
+
+def prompt_completion_encoder(tokenizer, max_length: int) -> Callable[[dict[str, list]], dict[str, list]]:
+    """The batch function behind `tokenize_prompt_completion`, shared with streaming (`streaming.py`)."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no EOS token; set one so the model can learn to stop")
@@ -84,7 +89,7 @@ def tokenize_prompt_completion(dataset, tokenizer, max_length: int, num_proc: in
         completions = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
         return examples_to_columns([build_example(p, c + [eos], max_length) for p, c in zip(prompts, completions)])
 
-    return map_rows(dataset, encode, num_proc)
+    return encode
 
 
 def map_rows(dataset, encode: Callable[[dict[str, list]], dict[str, list]], num_proc: int | None):
@@ -131,6 +136,11 @@ def encode_text(dataset, tokenizer, *, add_eos: bool, num_proc: int | None = Non
     For a .txt read line by line (`keep_linebreaks`), the only difference from tokenizing the file
     in one piece is that a run of newlines is split at line ends: BPE merges never cross a row.
     """
+    return map_rows(dataset, text_encoder(tokenizer, add_eos), num_proc)
+
+
+def text_encoder(tokenizer, add_eos: bool) -> Callable[[dict[str, list]], dict[str, list]]:
+    """`{"text": [...]}` -> `{"ids": [...]}` (EOS after each document when `add_eos`); also used by streaming."""
     eos = tokenizer.eos_token_id
     if add_eos and eos is None:
         raise DataError("the tokenizer has no EOS token to separate documents; set one")
@@ -139,7 +149,7 @@ def encode_text(dataset, tokenizer, *, add_eos: bool, num_proc: int | None = Non
         ids = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False)["input_ids"]
         return {"ids": [row + [eos] for row in ids] if add_eos else ids}
 
-    return map_rows(dataset, encode, num_proc)
+    return encode
 
 
 # --- conversations ---------------------------------------------------------------------------
@@ -147,30 +157,14 @@ def encode_text(dataset, tokenizer, *, add_eos: bool, num_proc: int | None = Non
 def tokenize_messages(dataset, tokenizer, config: SFTConfig):
     """Conversations -> masked training rows plus counts (batched map; rules in mask.py, turn
     location in chat_turns.py). Errors name the source row (`source_row`, set by validation)."""
-    require_template(tokenizer, config)
-    kwargs = dict(config.chat_template_kwargs)
-    try:
-        end_of_turn_markers(tokenizer, kwargs)  # fail now, not after a run that never learned to stop
-    except RecipeError as exc:
-        raise RecipeError(f"{template_name(config)}: {exc}") from None
-    where = config.dataset or "dataset"
+    encode_one = conversation_encoder(tokenizer, config)
     has_tools = "tools" in dataset.column_names
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         examples, reasons = [], []
         tools_column = batch["tools"] if has_tools else [None] * len(batch["messages"])
         for messages, tools, row in zip(batch["messages"], tools_column, batch["source_row"]):
-            try:
-                messages, tools = normalise_messages(messages, tools)
-                if not messages or messages[-1]["role"] != "assistant":
-                    examples.append(None)
-                    reasons.append(DROP_UNANSWERED)
-                    continue
-                ids, labels = encode_conversation(tokenizer, messages, tools=tools, train_on=config.train_on,
-                                                  chat_template_kwargs=kwargs)
-            except DataError as exc:
-                raise DataError(f"{where}: row {row}: {exc}") from None
-            example, reason = fit_turns(ids, labels, config.max_length)
+            example, reason = encode_one(messages, tools, row)
             examples.append(example)
             reasons.append(reason)
         placeholder = Example([], [], False)  # dropped rows are filtered out below, after counting
@@ -198,3 +192,28 @@ def tokenize_messages(dataset, tokenizer, config: SFTConfig):
     if reasons[DROP_EMPTY]:
         log.warning("dropped %d conversations whose assistant turns are all empty", reasons[DROP_EMPTY])
     return kept, stats
+
+
+def conversation_encoder(tokenizer, config: SFTConfig) -> Callable[..., tuple[Example | None, str]]:
+    """`(messages, tools, row) -> (example or None, drop reason)`: one conversation, as `tokenize_messages`
+    and streaming (`streaming.py`) both encode it. Checks the template once, up front."""
+    require_template(tokenizer, config)
+    kwargs = dict(config.chat_template_kwargs)
+    try:
+        end_of_turn_markers(tokenizer, kwargs)  # fail now, not after a run that never learned to stop
+    except RecipeError as exc:
+        raise RecipeError(f"{template_name(config)}: {exc}") from None
+    where = config.dataset or "dataset"
+
+    def encode(messages: Any, tools: Any, row: int) -> tuple[Example | None, str]:
+        try:
+            messages, tools = normalise_messages(messages, tools)
+            if not messages or messages[-1]["role"] != "assistant":
+                return None, DROP_UNANSWERED
+            ids, labels = encode_conversation(tokenizer, messages, tools=tools, train_on=config.train_on,
+                                              chat_template_kwargs=kwargs)
+        except DataError as exc:
+            raise DataError(f"{where}: row {row}: {exc}") from None
+        return fit_turns(ids, labels, config.max_length)
+
+    return encode

@@ -39,11 +39,11 @@ def test_second_prepare_data_reads_the_tokenization_cache(tmp_path, bpe_tokenize
         return prepare_data(config, load_tokenizer(str(bpe_tokenizer_dir)))
 
     first = prepare()
-    tokenized = [c for c in tokenizing_calls if "tokenize_prompt_completion" in c]
+    tokenized = [c for c in tokenizing_calls if "prompt_completion_encoder" in c]
     assert len(tokenized) == 2  # train and eval
     tokenizing_calls.clear()
     second = prepare()
-    assert not [c for c in tokenizing_calls if "tokenize_prompt_completion" in c]
+    assert not [c for c in tokenizing_calls if "prompt_completion_encoder" in c]
     assert first.train.cache_files and second.train.cache_files == first.train.cache_files
     assert second.train["input_ids"] == first.train["input_ids"]
     assert second.eval["labels"] == first.eval["labels"]
@@ -52,5 +52,5 @@ def test_second_prepare_data_reads_the_tokenization_cache(tmp_path, bpe_tokenize
     tokenizing_calls.clear()
     shorter = prepare_data(SFTConfig(dataset=str(dataset), model_name="unused", max_length=MAX_SHORT, callbacks=[]),
                            load_tokenizer(str(bpe_tokenizer_dir)))
-    assert [c for c in tokenizing_calls if "tokenize_prompt_completion" in c]
+    assert [c for c in tokenizing_calls if "prompt_completion_encoder" in c]
     assert max(shorter.train["length"]) <= MAX_SHORT < max(first.train["length"])
