@@ -32,12 +32,12 @@ def test_two_processes_stream_like_one(tmp_path, bpe_tokenizer_dir):
     none here), the global batches of 2 processes at batch 2 are the batches of 1 process at batch 4,
     so the steps match; and the eval loss is that of the non-streaming run (other rows held out,
     another order) within 0.05."""
-    data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(160))
+    data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(320))
     model_config = tiny_model_config(attention_dropout=0.0)
     model_config.pop("vocab_size")
     common = dict(model_config=model_config, max_length=256, max_steps=16, eval_steps=16, save_steps=16,
-                  logging_steps=1, eval_batch_size=8, warmup_steps=0, eval_fraction=0.25)  # 40 held-out rows each
-    stream = dict(streaming=True, streaming_eval_examples=40)
+                  logging_steps=1, eval_batch_size=8, warmup_steps=0, eval_fraction=0.25)  # 80 held-out rows each
+    stream = dict(streaming=True, streaming_eval_examples=80)
     runs = {}
     for name, batch, extra in (("plain", 4, {}), ("one", 4, stream), ("two", 2, stream)):
         out = tmp_path / name
