@@ -209,7 +209,7 @@ def prepare_stream(config: SFTConfig, tokenizer) -> tuple[Any, Any, Any, dict[st
     stats = {"eval": TokenStats(rows=used, kept=len(eval_rows), dropped_other=dropped, tokens=tokens,
                                 trainable_tokens=trainable).to_dict(),
              "streaming": {"held_out_source_rows": used, "processes": state.num_processes}}
-    log.info("streaming %s: %d held-out %s from the first %d rows; process %d of %d trains on every %d-th row "
+    log.info("streaming %s: %d held-out %s from the first %d rows; process %d of %d trains on one row in %d "
              "after them", where, len(eval_rows), "blocks" if config.dataset_format == "text" else "rows", used,
              state.process_index, state.num_processes, state.num_processes)
     return train, eval_rows, eval_raw, stats
