@@ -9,7 +9,7 @@ from typing import Any
 from transformers import set_seed
 
 from .callbacks import build_callbacks, loggers_last
-from .callbacks.train_valid import TrainValidTable
+from .callbacks.console import use_console
 from .checkpoints import CheckpointCompleteCallback
 from .config import SFTConfig
 from .data.collate import make_collator
@@ -31,8 +31,11 @@ def collator_for(config: SFTConfig, model, tokenizer):
 
 def build_eval_trainer(config: SFTConfig, args, model, tokenizer, eval_rows: Any) -> SFTTrainer:
     """A trainer that only evaluates `model` (already loaded) on `eval_rows`."""
-    return SFTTrainer(model=model, args=args, eval_dataset=eval_rows, data_collator=collator_for(config, model, tokenizer),
-                      processing_class=tokenizer, loss_chunk_size=loss_chunk_size(config))
+    trainer = SFTTrainer(model=model, args=args, eval_dataset=eval_rows,
+                         data_collator=collator_for(config, model, tokenizer), processing_class=tokenizer,
+                         loss_chunk_size=loss_chunk_size(config))
+    use_console(trainer)
+    return trainer
 
 
 def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData) -> tuple[SFTTrainer, StopOnSignal]:
@@ -43,19 +46,19 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData) -> tup
     if config.lora is not None:
         model = wrap_lora(model, config.lora)
     checkpointing_supported(model, args)
-    # Evaluation rows, and for the train/valid table as many fixed training rows scored the same way
+    # Evaluation rows, and for the train/valid loss (train_sample_loss) as many fixed training rows
     eval_rows = fixed_sample(data.eval, config.max_eval_samples, config.seed) if config.max_eval_samples \
         else data.eval
     train_sample = sample_train_rows(data.train, len(eval_rows), config.seed) \
         if config.resolved_eval_train_sample else None
-    table = [TrainValidTable()] if train_sample is not None else []
     stop = StopOnSignal()  # SIGTERM / Ctrl-C: save at the next step end, then exit non-zero
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=eval_rows,
         data_collator=collator_for(config, model, tokenizer), processing_class=tokenizer,
-        callbacks=[*build_callbacks(config, tokenizer, data), *table, CheckpointCompleteCallback(), stop],
+        callbacks=[*build_callbacks(config, tokenizer, data), CheckpointCompleteCallback(), stop],
         loss_chunk_size=loss_chunk_size(config), train_sample=train_sample,
     )
+    use_console(trainer)  # one live bar or plain lines, one line per evaluation; no raw dicts
     loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
     return trainer, stop
 

@@ -240,6 +240,22 @@ class SFTConfig:
         return dataclasses.asdict(self)
 
 
+# `sft-recipe train --help` groups the keys as the README does: each section by its first key.
+SECTION_STARTS = {"model_name": "model and tokenizer", "dataset": "data", "batch_size": "batching",
+                  "learning_rate": "optimisation", "logging_steps": "evaluation, logging, saving",
+                  "training_args": "escape hatch"}
+
+
+def key_sections() -> list[tuple[str, list[dataclasses.Field]]]:
+    """The recipe keys in field order, grouped into the sections of `SECTION_STARTS`."""
+    sections: list[tuple[str, list[dataclasses.Field]]] = []
+    for f in dataclasses.fields(SFTConfig):
+        if f.name in SECTION_STARTS or not sections:
+            sections.append((SECTION_STARTS.get(f.name, "other"), []))
+        sections[-1][1].append(f)
+    return sections
+
+
 # Built-in callbacks (sft_recipe/callbacks/), and the ones a recipe gets when it names none.
 BUILTIN_CALLBACKS = ("nan_guard", "throughput", "loss_curve", "samples", "early_stopping")
 DEFAULT_CALLBACKS = ("nan_guard", "throughput", "loss_curve")

@@ -7,6 +7,7 @@ and the loss is the mean over the *trainable* tokens of that whole step.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from .build import build_trainer
@@ -19,13 +20,16 @@ from .evaluation import generation_check
 from .hub import push_best
 from .model import load_tokenizer
 from .save import save_best
+from .summary import format_summary
 from .training_args import to_training_arguments
 
 log = logging.getLogger("sft_recipe")
 
 
 def train(config: SFTConfig) -> dict[str, Any]:
-    """Run the recipe; returns the final metrics. Writes `output_dir/best` on the main process."""
+    """Run the recipe; returns the final metrics. Writes `output_dir/best` and prints the summary
+    on the main process."""
+    started = time.perf_counter()
     # 1. setup: arguments first, because they initialise the (possibly distributed) state
     args = to_training_arguments(config)
     resume_from = prepare_output_dir(config, args)
@@ -46,7 +50,7 @@ def train(config: SFTConfig) -> dict[str, Any]:
     with disk_errors(config), stop.handling_signals():
         result = trainer.train(resume_from_checkpoint=resume_from)
     stop.raise_if_stopped(config.output_dir)
-    metrics = trainer.evaluate()
+    metrics = best_model_metrics(trainer)
     if config.generation_eval_samples:
         generated = generation_check(config, trainer, tokenizer, data, "trained", before)
         trainer.log(generated)  # to wandb / tensorboard as eval/exact_match, eval/rouge_l
@@ -61,4 +65,18 @@ def train(config: SFTConfig) -> dict[str, Any]:
     if config.push_to_hub and trainer.is_world_process_zero():
         push_best(best, config)
     finish_reporting(config)
+    if trainer.is_world_process_zero():
+        print(format_summary(config, trainer.state, metrics, result.metrics.get("train_runtime", 0.0),
+                             time.perf_counter() - started, int(trainer.trainable_tokens_seen), before), flush=True)
     return metrics
+
+
+def best_model_metrics(trainer) -> dict[str, Any]:
+    """The eval metrics of the best model (loaded by the Trainer at the end), computed once: when
+    the best checkpoint is the last step, its evaluation during training is that evaluation."""
+    state = trainer.state
+    if state.best_global_step is not None and state.best_global_step == state.global_step:
+        for entry in reversed(state.log_history):
+            if "eval_loss" in entry and entry.get("step") == state.global_step:
+                return {k: v for k, v in entry.items() if k != "step"}
+    return trainer.evaluate()

@@ -7,7 +7,6 @@ the arguments also initialises the (possibly distributed) state, so it is the fi
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
@@ -82,8 +81,8 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
         dataloader_pin_memory=on_gpu,
         # Say CPU explicitly when there is no accelerator, so that bf16 on CPU is accepted.
         use_cpu=not on_gpu and not torch.backends.mps.is_available(),
-        # Progress bars for people; one log line per logging step for files and CI.
-        disable_tqdm=not sys.stderr.isatty(),
+        # The Trainer's own bars and printers print raw dicts; callbacks/console.py draws the one bar.
+        disable_tqdm=True,
         # Log a NaN/Inf loss as it is (the Trainer would hide it) so the nan_guard callback can stop.
         logging_nan_inf_filter=False,
     )
