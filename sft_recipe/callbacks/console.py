@@ -44,14 +44,15 @@ class ConsoleCallback(TrainerCallback):
         self.bar: Any = None
         self.printed_steps: set[int] = set()
         self.exit = ExitStack()
+        self.log_path: Path | None = None  # set by training: `sft-recipe eval` writes no training log
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        log_path = Path(args.output_dir) / TRAIN_LOG_FILENAME
+        self.log_path = Path(args.output_dir) / TRAIN_LOG_FILENAME
         if state.global_step == 0:  # a fresh run starts a fresh log; a resumed one appends
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_path.write_text("", encoding="utf-8")
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_path.write_text("", encoding="utf-8")
         if hf_logging.is_progress_bar_enabled():  # "Writing model shards" at every checkpoint: not news
             hf_logging.disable_progress_bar()
             self.exit.callback(hf_logging.enable_progress_bar)
@@ -68,8 +69,9 @@ class ConsoleCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         record = {"step": state.global_step, **logs}
-        with open(Path(args.output_dir) / TRAIN_LOG_FILENAME, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=str) + "\n")
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, default=str) + "\n")
         metrics_log.debug("%s", record)
         if "loss" not in logs:
             return
@@ -83,6 +85,8 @@ class ConsoleCallback(TrainerCallback):
             return
         step = state.global_step
         label = f"Step: {step}" if step not in self.printed_steps else f"Best model (step {state.best_global_step})"
+        if self.log_path is None and step == 0 and not args.eval_on_start:
+            label = "Saved model"  # `sft-recipe eval`: no training in this run
         self.printed_steps.add(step)
         self.write(format_eval_line(label, metrics))
 
