@@ -1,7 +1,7 @@
 """Every file and directory name a run writes, defined once.
 
-`output_dir/` holds `checkpoint-N/` (each marked complete by `COMPLETE_MARKER`), the loss curve and
-the Trainer's `*_results.json`; `output_dir/best/` is the model to use, with the resolved recipe
+`output_dir/` holds `checkpoint-N/` (each marked complete by `COMPLETE_MARKER`), the loss curve, the
+log of every metric and the Trainer's `*_results.json`; `output_dir/best/` is the model to use, with the resolved recipe
 and the model card beside the weights. Later commands (`generate`, `chat`, `eval`, `merge`) find
 what they need by these names, so they must never be spelled anywhere else.
 """
@@ -14,6 +14,7 @@ COMPLETE_MARKER = "checkpoint_complete"  # written last, after every process fin
 RECIPE_FILENAME = "sft_recipe.yaml"  # the resolved recipe saved beside a model
 CARD_FILENAME = "README.md"  # the model card (also the hub page)
 LOSS_CURVE_FILENAME = "loss_curve.png"
+TRAIN_LOG_FILENAME = "train_log.jsonl"  # every raw log dict of a run, one JSON object per line, with its step
 RESULTS_FILENAME = "eval_results.json"  # final metrics (Trainer's save_metrics("eval") and `sft-recipe eval`)
 TRAINER_STATE_FILENAME = "trainer_state.json"
 LOCK_FILENAME = ".sft_recipe.lock"  # host, pid and start time of the run that owns output_dir

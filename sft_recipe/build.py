@@ -10,7 +10,7 @@ from typing import Any
 from transformers import set_seed
 
 from .callbacks import build_callbacks, loggers_last
-from .callbacks.train_valid import TrainValidTable
+from .callbacks.console import use_console
 from .checkpoints import CheckpointCompleteCallback
 from .config import SFTConfig
 from .data.collate import make_collator
@@ -34,8 +34,11 @@ def collator_for(config: SFTConfig, model, tokenizer):
 def build_eval_trainer(config: SFTConfig, args, model, tokenizer, eval_rows: Any,
                        eval_parts: dict[str, Any] | None = None) -> SFTTrainer:
     """A trainer that only evaluates `model` (already loaded) on `eval_rows` (and a mixture's `eval_parts`)."""
-    return SFTTrainer(model=model, args=args, eval_dataset=eval_rows, data_collator=collator_for(config, model, tokenizer),
-                      processing_class=tokenizer, loss_chunk_size=loss_chunk_size(config), eval_parts=eval_parts)
+    trainer = SFTTrainer(model=model, args=args, eval_dataset=eval_rows,
+                         data_collator=collator_for(config, model, tokenizer), processing_class=tokenizer,
+                         loss_chunk_size=loss_chunk_size(config), eval_parts=eval_parts)
+    use_console(trainer)
+    return trainer
 
 
 def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
@@ -48,20 +51,19 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
     if config.lora is not None:
         model = wrap_lora(model, config.lora)
     checkpointing_supported(model, args)
-    # Evaluation rows, and for the train/valid table as many fixed training rows scored the same way
+    # Evaluation rows, and for the train/valid loss (train_sample_loss) as many fixed training rows
     eval_rows, eval_parts = eval_rows_and_parts(data, config.max_eval_samples, config.seed)
     train_sample = sample_train_rows(data.train, len(eval_rows), config.seed) \
         if config.resolved_eval_train_sample and not config.streaming else None
-    table = [TrainValidTable()] if train_sample is not None else []
     streamed = [StreamStateCallback(data.train)] if config.streaming else []  # before the completion marker
     stop = StopOnSignal()  # SIGTERM / Ctrl-C: save at the next step end, then exit non-zero
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=eval_rows,
         data_collator=collator_for(config, model, tokenizer), processing_class=tokenizer,
-        callbacks=[*build_callbacks(config, tokenizer, data), *table, *streamed, CheckpointCompleteCallback(config),
-                   stop],
+        callbacks=[*build_callbacks(config, tokenizer, data), *streamed, CheckpointCompleteCallback(config), stop],
         loss_chunk_size=loss_chunk_size(config), train_sample=train_sample, recipe=config, eval_parts=eval_parts,
     )
+    use_console(trainer)  # one live bar or plain lines, one line per evaluation; no raw dicts
     loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
     return trainer, stop
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
-import json
 import shutil
 import tempfile
 import zipfile
@@ -26,7 +26,12 @@ from typing import Iterator
 from accelerate import PartialState
 from transformers import TrainerCallback
 
-from .artifacts import CHECKPOINT_PREFIX, COMPLETE_MARKER, FINISHED_FILENAME, TRAINER_STATE_FILENAME
+from .artifacts import (
+    CHECKPOINT_PREFIX,
+    COMPLETE_MARKER,
+    FINISHED_FILENAME,
+    TRAINER_STATE_FILENAME,
+)
 from .config import SFTConfig
 from .errors import UserError, one_line
 from .recipe import save_recipe

@@ -11,19 +11,45 @@ import dataclasses
 import logging
 import os
 import sys
-import warnings
 
 from .errors import TrainingInterrupted, UserError
 
 EXIT_USER_ERROR = 2
 
 
+# `sft-recipe train --help` groups the keys as the README does: each section by its first key.
+SECTION_STARTS = {"model_name": "model and tokenizer", "dataset": "data", "batch_size": "batching",
+                  "learning_rate": "optimisation", "logging_steps": "evaluation, logging, saving",
+                  "training_args": "escape hatch"}
+
+
+def key_sections(config_class) -> list[tuple[str, list[dataclasses.Field]]]:
+    """The recipe keys in field order, grouped into the sections of `SECTION_STARTS`."""
+    sections: list[tuple[str, list[dataclasses.Field]]] = []
+    for f in dataclasses.fields(config_class):
+        if f.name in SECTION_STARTS or not sections:
+            sections.append((SECTION_STARTS.get(f.name, "other"), []))
+        sections[-1][1].append(f)
+    return sections
+
+
 def recipe_keys_help() -> str:
     from .config import SFTConfig
 
     lines = ["recipe keys (set in the YAML or as --key value; the command line wins):"]
-    for f in dataclasses.fields(SFTConfig):
-        lines.append(f"  --{f.name:<28} {f.metadata.get('help', '')}")
+    for title, fields in key_sections(SFTConfig):
+        lines.append(f"\n{title}:")
+        lines += [f"  --{f.name:<28} {f.metadata.get('help', '')}" for f in fields]
+    return "\n".join(lines)
+
+
+def list_commands(parser: argparse.ArgumentParser) -> str:
+    """`sft-recipe` alone: every command with its one-line help, and where to start."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    lines = [f"{parser.prog}: {parser.description}", "", "commands:"]
+    lines += [f"  {a.dest:<11} {a.help}" for a in sub._choices_actions]
+    lines += ["", f"{parser.prog} COMMAND --help shows a command's options. "
+              f"First run: {parser.prog} train recipes/demo.yaml"]
     return "\n".join(lines)
 
 
@@ -37,10 +63,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
         logging.getLogger("sft_recipe").info("host memory: %s", ", ".join(release_host_memory()) or "left as set")
     from .train import train
 
-    metrics = train(config)
-    if os.environ.get("RANK", "0") == "0":
-        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-        print(f"done: {shown}; best model in {config.output_dir}/best", flush=True)
+    train(config)  # ends with the summary block (best model, time, paths, next commands)
     return 0
 
 
@@ -131,9 +154,8 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from .artifacts import RECIPE_FILENAME, RESULTS_FILENAME
     from .evaluation import evaluate_saved, write_results
-    from .recipe import load_recipe
-
     from .paths import writable_file
+    from .recipe import load_recipe
 
     recipe = args.recipe or Path(args.model_dir) / RECIPE_FILENAME
     if not Path(args.model_dir).is_dir():
@@ -172,12 +194,14 @@ def reject_overrides(overrides: list[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sft-recipe", description="Supervised fine-tuning recipes.")
+    parser = argparse.ArgumentParser(prog="sft-recipe", description="supervised fine-tuning recipes")
     sub = parser.add_subparsers(dest="command", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser("train", help="train a recipe", epilog=recipe_keys_help(), formatter_class=fmt)
     p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print every raw metric dict (always written to output_dir/train_log.jsonl)")
     p.set_defaults(func=cmd_train, takes_overrides=True)
 
     p = sub.add_parser("preprocess", help="write the exact rows training would see", epilog=recipe_keys_help(),
@@ -232,29 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging() -> None:
-    # force: each call writes to the current sys.stdout (in-process callers and tests swap it)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Its "Failed to load JSON" line is replaced by data.py's diagnosis with a line number.
-    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_warning()
-    if os.environ.get("RANK", "0") != "0":  # several processes: their messages once, from the main one
-        logging.getLogger().setLevel(logging.ERROR)
-        logging.getLogger("sft_recipe").setLevel(logging.ERROR)
-        hf_logging.set_verbosity_error()
-        warnings.filterwarnings("ignore")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # a first look: the commands, one line each (exit 0: nothing went wrong)
+        print(list_commands(parser))
+        return 0
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "takes_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    configure_logging()
+    from .console import configure_logging
+
+    configure_logging(verbose=getattr(args, "verbose", False))
     try:
         return args.func(args, rest)
     except UserError as exc:

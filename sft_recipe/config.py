@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import RecipeError
 from .data_settings import DataSource, check_columns, check_sources
+from .errors import RecipeError
 from .lora_settings import LoraSettings
 
 DatasetFormat = Literal["alpaca", "prompt_completion", "text", "messages"]

@@ -18,7 +18,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .artifacts import BEST_DIRNAME, FINISHED_FILENAME, RECIPE_FILENAME, RESULTS_FILENAME, TRAINER_STATE_FILENAME
+from .artifacts import (
+    BEST_DIRNAME,
+    FINISHED_FILENAME,
+    RECIPE_FILENAME,
+    RESULTS_FILENAME,
+    TRAINER_STATE_FILENAME,
+)
 from .config import SFTConfig
 from .errors import UserError
 from .recipe import read_yaml, resolved_recipe

@@ -33,6 +33,6 @@ def save_best(trainer, config: SFTConfig, metrics: dict[str, Any]) -> Path:
             save_recipe(config, best)
             write_model_card(best, config, metrics)  # README.md: base model, data, metrics, how to prompt
     trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        log.info("best model (eval_loss %.4f) saved to %s", metrics.get("eval_loss", float("nan")), best)
+    # The run's summary says where best/ is; this line is for the log only.
+    log.debug("best model (eval_loss %.4f) saved to %s", metrics.get("eval_loss", float("nan")), best)
     return best

@@ -7,6 +7,7 @@ and the loss is the mean over the *trainable* tokens of that whole step.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from .build import build_trainer
@@ -23,22 +24,25 @@ from .paths import writable_dir
 from .resume import check_resume, mark_finished
 from .save import save_best
 from .stream_state import restore_stream
+from .summary import format_summary
 from .training_args import to_training_arguments
 
 log = logging.getLogger("sft_recipe")
 
 
 def train(config: SFTConfig) -> dict[str, Any]:
-    """Run the recipe; returns the final metrics. Writes `output_dir/best` on the main process."""
+    """Run the recipe; returns the final metrics. Writes `output_dir/best` and prints the summary
+    on the main process."""
+    started = time.perf_counter()
     # 1. setup: arguments first (they check `training_args` and initialise the distributed state),
     # then the output_dir, owned by this run until it ends (lock.py)
     args = to_training_arguments(config)
     writable_dir(config.output_dir, "output_dir")
     with output_dir_lock(config.output_dir, main_process=args.process_index == 0):
-        return run(config, args)
+        return run(config, args, started)
 
 
-def run(config: SFTConfig, args) -> dict[str, Any]:
+def run(config: SFTConfig, args, started: float) -> dict[str, Any]:
     """`train` once the output_dir is ours: resume rules, checks, data, training, best/."""
     resume_from = prepare_output_dir(config, args)
     finished = check_resume(config, resume_from)
@@ -64,7 +68,7 @@ def run(config: SFTConfig, args) -> dict[str, Any]:
     with disk_errors(config), stop.handling_signals():
         result = trainer.train(resume_from_checkpoint=resume_from)
     stop.raise_if_stopped(config.output_dir)
-    metrics = trainer.evaluate()
+    metrics = best_model_metrics(trainer)
     if config.generation_eval_samples:
         generated = generation_check(config, trainer, tokenizer, data, "trained", before)
         trainer.log(generated)  # to wandb / tensorboard as eval/exact_match, eval/rouge_l
@@ -81,4 +85,18 @@ def run(config: SFTConfig, args) -> dict[str, Any]:
     if config.push_to_hub and trainer.is_world_process_zero():
         push_best(best, config)
     finish_reporting(config)
+    if trainer.is_world_process_zero():
+        print(format_summary(config, trainer.state, metrics, result.metrics.get("train_runtime", 0.0),
+                             time.perf_counter() - started, int(trainer.trainable_tokens_seen), before), flush=True)
     return metrics
+
+
+def best_model_metrics(trainer) -> dict[str, Any]:
+    """The eval metrics of the best model (loaded by the Trainer at the end), computed once: when
+    the best checkpoint is the last step, its evaluation during training is that evaluation."""
+    state = trainer.state
+    if state.best_global_step is not None and state.best_global_step == state.global_step:
+        for entry in reversed(state.log_history):
+            if "eval_loss" in entry and entry.get("step") == state.global_step:
+                return {k: v for k, v in entry.items() if k != "step"}
+    return trainer.evaluate()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import sys
 import typing
 from typing import Any
 
@@ -18,8 +17,8 @@ from transformers import TrainingArguments
 
 from .config import MAPPED_TRAINING_ARGS, SFTConfig
 from .errors import RecipeError, one_line
-from .recipe import coerce, describe
 from .hardware import default_loss_chunk_size, resolve_precision
+from .recipe import coerce, describe
 
 
 def loss_chunk_size(config: SFTConfig) -> int:
@@ -86,8 +85,8 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
         dataloader_pin_memory=on_gpu,
         # Say CPU explicitly when there is no accelerator, so that bf16 on CPU is accepted.
         use_cpu=not on_gpu and not torch.backends.mps.is_available(),
-        # Progress bars for people; one log line per logging step for files and CI.
-        disable_tqdm=not sys.stderr.isatty(),
+        # The Trainer's own bars and printers print raw dicts; callbacks/console.py draws the one bar.
+        disable_tqdm=True,
         # Log a NaN/Inf loss as it is (the Trainer would hide it) so the nan_guard callback can stop.
         logging_nan_inf_filter=False,
         # A stream resumes from the position saved in the checkpoint (`stream_state.py`), not by

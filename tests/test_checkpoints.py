@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from conftest import base_recipe, write_recipe
+from safetensors.torch import save_file
 
 from sft_recipe.artifacts import COMPLETE_MARKER
 from sft_recipe.checkpoints import last_complete_checkpoint, prepare_output_dir

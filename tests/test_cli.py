@@ -83,3 +83,22 @@ def test_data_errors_through_the_cli(tmp_path, bpe_tokenizer_dir, capsys, rows, 
 def test_missing_model_dir_for_generate(tmp_path, capsys):
     assert main(["generate", str(tmp_path / "nope"), "hi"]) == 2
     assert "model directory not found" in capsys.readouterr().err
+
+
+def test_no_arguments_lists_the_commands_one_line_each(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "preprocess", "generate", "chat", "eval", "merge", "tokenizer"):
+        assert sum(line.startswith(f"  {command} ") for line in out.splitlines()) == 1, command
+    assert "sft-recipe train recipes/demo.yaml" in out
+
+
+def test_train_help_groups_the_recipe_keys_as_the_readme_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    headers = [line for line in out.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headers[-6:] == ["model and tokenizer:", "data:", "batching:", "optimisation:",
+                            "evaluation, logging, saving:", "escape hatch:"]
+    assert out.index("batching:") < out.index("--batch_size") < out.index("optimisation:")
+    assert "--verbose" in out

@@ -2,11 +2,11 @@
 
 The layers, lowest first (README "Architecture"); a module may import its own layer or lower:
 0. foundation: errors, artifacts, config, lora_settings, data_settings, recipe, hardware, host_memory,
-   tokenizer_train, metrics, paths
+   tokenizer_train, metrics, paths, console
 1. data/: load -> formats -> chat_template -> mask -> tokenization -> collate -> prepare
 2. model: model, lora, loss, training_args, generate
 3. training: trainer, checkpoints, signals, callbacks/, lock, resume, stream_state
-4. output: card, save, hub, export
+4. output: card, save, hub, export, summary
 5. runs: build, evaluation, train, chat
 6. cli (the one place allowed to import lazily, to keep `sft-recipe --help` fast)
 """
@@ -21,11 +21,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "sft_recipe"
 LAYERS = {
     0: ["errors", "artifacts", "config", "lora_settings", "data_settings", "recipe", "hardware", "host_memory",
-        "tokenizer_train", "metrics", "paths"],
+        "tokenizer_train", "metrics", "paths", "console"],
     1: ["data"],
     2: ["model", "lora", "loss", "training_args", "generate"],
     3: ["trainer", "checkpoints", "signals", "callbacks", "lock", "resume", "stream_state"],
-    4: ["card", "save", "hub", "export"],
+    4: ["card", "save", "hub", "export", "summary"],
     5: ["build", "evaluation", "train", "chat"],
     6: ["cli", "__main__"],
 }

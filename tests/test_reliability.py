@@ -237,7 +237,7 @@ def test_eval_output_that_is_a_directory(model_dir, tmp_path, capsys):
 def test_other_ranks_log_only_errors(monkeypatch):
     import logging
 
-    from sft_recipe.cli import configure_logging
+    from sft_recipe.console import configure_logging
 
     monkeypatch.setenv("RANK", "1")
     try:

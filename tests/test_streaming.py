@@ -10,7 +10,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import alpaca_rows, base_recipe, tiny_model_config, write_jsonl, write_recipe
+from conftest import (
+    alpaca_rows,
+    base_recipe,
+    tiny_model_config,
+    write_jsonl,
+    write_recipe,
+)
 from test_checkpoints import wait_for
 from test_distributed import free_port, train_log
 

@@ -1,16 +1,17 @@
-"""`throughput`: tokens/s (all and trainable), peak memory and ETA in every training log."""
+"""`throughput`: tokens/s (all and trainable), peak memory and ETA in every training log.
+
+It only adds the figures to the logs; the console callback (`console.py`) shows them, so does
+every logger (wandb, TensorBoard, `train_log.jsonl`).
+"""
 
 from __future__ import annotations
 
-import logging
 import resource
 import sys
 import time
 
 import torch
 from transformers import TrainerCallback
-
-log = logging.getLogger("sft_recipe")
 
 
 class ThroughputCallback(TrainerCallback):
@@ -64,8 +65,6 @@ class ThroughputCallback(TrainerCallback):
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(added)  # trainer_state.json keeps them too
         self.last = {"seconds": self.train_seconds, **{k: logs[k] for k in self.last if k in logs}}
-        if state.is_world_process_zero:
-            log.info("%s", format_throughput(state.global_step, state.max_steps, added))
 
 
 def throughput_metrics(logs: dict[str, float], last: dict[str, float], seconds: float) -> dict[str, float]:
@@ -91,17 +90,23 @@ def peak_memory_gb() -> dict[str, float]:
 
 
 def format_throughput(step: int, max_steps: int, m: dict[str, float]) -> str:
-    parts = [f"step {step}/{max_steps}"]
+    return " | ".join([f"step {step}/{max_steps}", *throughput_parts(m)])
+
+
+def throughput_parts(m: dict[str, float]) -> list[str]:
+    """`7,198 tok/s (485 trainable)`, `peak RSS 0.72 GB`, `ETA 0h03m42s`: whichever `m` holds."""
+    parts = []
     if "tokens_per_second" in m:
         rate = f"{m['tokens_per_second']:,.0f} tok/s"
         if "trainable_tokens_per_second" in m:
             rate += f" ({m['trainable_tokens_per_second']:,.0f} trainable)"
         parts.append(rate)
-    memory = f"peak RSS {m['peak_rss_gb']:.2f} GB"
-    if "peak_cuda_gb" in m:
-        memory += f", CUDA {m['peak_cuda_gb']:.2f} GB"
-    parts.append(memory)
+    if "peak_rss_gb" in m:
+        memory = f"peak RSS {m['peak_rss_gb']:.2f} GB"
+        if "peak_cuda_gb" in m:
+            memory += f", CUDA {m['peak_cuda_gb']:.2f} GB"
+        parts.append(memory)
     if "eta_seconds" in m:
         minutes, seconds = divmod(int(m["eta_seconds"]), 60)
         parts.append(f"ETA {minutes // 60}h{minutes % 60:02d}m{seconds:02d}s")
-    return " | ".join(parts)
+    return parts

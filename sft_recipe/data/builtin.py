@@ -26,6 +26,7 @@ DEMO_ROWS = 6000
 DEMO_SEED = 1234
 DEMO_VOCAB = 640
 DEMO_VERSION = 2  # bump when the generator changes, so cached files are rebuilt
+EXAMPLE_PROMPT = ("Reverse the order of the words.", "apple river stone")  # instruction, input: for "next:"
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "ocean", "candle", "forest",
          "rocket", "garden", "silver", "window", "dragon", "pepper"]

@@ -7,7 +7,10 @@ are the rows a run trains and evaluates on. Text is split by token position (see
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +18,9 @@ import datasets
 import numpy as np
 
 from ..config import SFTConfig
+from ..console import interactive
 from ..errors import DataError
+from .builtin import is_builtin
 from .formats import describe_mapping, drop_empty_completions, map_columns, normalise
 from .load import load_source
 from .mixture import concat_or_none, describe_sources, mix, source_config, uniform_rows
@@ -27,6 +32,9 @@ from .tokenization import tokenize_messages, tokenize_prompt_completion, tokeniz
 log = logging.getLogger(__name__)
 # Enough rows for a stable train-sample estimate; more only slows every evaluation down.
 TRAIN_SAMPLE_MAX_ROWS = 1024
+# datasets' per-step bars (format, tokenize) are worth a line only when a step takes a while.
+BARS_FROM_ROWS = 100_000
+BARS_FROM_FILE_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -75,7 +83,16 @@ def prepare_mixture(config: SFTConfig, tokenizer) -> PreparedData:
 def prepare_source(config: SFTConfig, tokenizer) -> PreparedData:
     """One source: load, validate, split and tokenize."""
     source = config.dataset or ""
-    raw, dropped_empty = load_raw(config)
+    small_file = is_builtin(source) or (os.path.isfile(source) and os.path.getsize(source) < BARS_FROM_FILE_BYTES)
+    with progress_bars(interactive() and not small_file):
+        raw, dropped_empty = load_raw(config)
+    with progress_bars(interactive() and len(raw) >= BARS_FROM_ROWS):
+        return tokenize_splits(config, tokenizer, raw, dropped_empty)
+
+
+def tokenize_splits(config: SFTConfig, tokenizer, raw, dropped_empty: int) -> PreparedData:
+    """Split the loaded rows (by position for text) and tokenize both parts."""
+    source = config.dataset or ""
     if config.dataset_format == "text":
         add_eos = not source.lower().endswith(".txt")  # a .txt is one running text, not documents
         train, eval_, split_stats = tokenize_text(raw, tokenizer, config.max_length, config.eval_fraction,
@@ -99,6 +116,19 @@ def prepare_source(config: SFTConfig, tokenizer) -> PreparedData:
                 f"raise max_length (now {config.max_length}) or check the data"
             )
     return PreparedData(train, eval_, eval_raw, {k: v.to_dict() for k, v in stats.items()})
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """datasets' per-step bars only when `enabled`; the previous setting is restored afterwards."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    if was_enabled and not enabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            datasets.enable_progress_bars()
 
 
 def describe_stats(stats: dict[str, Any]) -> str:

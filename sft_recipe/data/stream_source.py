@@ -17,7 +17,12 @@ from datasets.distributed import split_dataset_by_node
 from ..config import SFTConfig
 from ..errors import DataError, one_line
 from .builtin import is_builtin, materialise_dataset
-from .formats import REQUIRED_COLUMNS, alpaca_to_prompt_completion, prompt_completion_to_messages, sharegpt_to_messages
+from .formats import (
+    REQUIRED_COLUMNS,
+    alpaca_to_prompt_completion,
+    prompt_completion_to_messages,
+    sharegpt_to_messages,
+)
 from .load import LOCAL_BUILDERS, _ignored
 
 # Compression `datasets` decompresses on the fly in streaming mode (fsspec), and the module each needs.

@@ -15,7 +15,7 @@ from sft_recipe.cli import main
 from sft_recipe.config import SFTConfig
 from sft_recipe.data.prepare import load_raw
 from sft_recipe.data.stream_source import node_share, open_stream
-from sft_recipe.data.streaming import TokenStream, prepare_stream
+from sft_recipe.data.streaming import prepare_stream
 from sft_recipe.data.tokenization import token_stream, tokenize_prompt_completion
 
 WORDS = ["the", "cat", "sat", "on", "a", "big", "red", "mat", "dog", "ran", "to", "blue", "one", "two"]
