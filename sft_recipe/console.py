@@ -21,6 +21,8 @@ NOT_NEWS: dict[str, re.Pattern[str]] = {
     # Tied weights (lm_head = embeddings) are not saved twice; loading the best checkpoint then
     # "misses" the head, which is tied back to the loaded embeddings: nothing is lost.
     "transformers.trainer": re.compile(r"There were missing keys in the checkpoint model loaded: \['lm_head\.weight'\]"),
+    # Checkpoint rotation sorts by step number when file times are coarse: the right order anyway.
+    "transformers.trainer_utils": re.compile(r"mtime may not be reliable on this filesystem"),
 }
 
 

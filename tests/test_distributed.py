@@ -57,8 +57,8 @@ def test_two_processes_match_one(tmp_path, alpaca_file, bpe_tokenizer_dir):
 
     checkpoint = two / "checkpoint-4"
     assert sorted(p.name for p in checkpoint.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
-    # main process only: one completion line, one best/ directory
-    assert output.count("best model in") == 1
+    # main process only: one summary block, one best/ directory
+    assert output.count("done in ") == 1 and output.count(f"saved        {two / 'best'}/") == 1
     assert (two / "best" / "model.safetensors").is_file()
     assert json.loads((two / "trainer_state.json").read_text())["global_step"] == 4
     # the same optimizer steps: per-step training losses (gathered over ranks) and gradient norms

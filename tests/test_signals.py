@@ -59,7 +59,7 @@ def test_sigterm_saves_checkpoint_and_exits_143(tmp_path, alpaca_file, bpe_token
         proc = subprocess.Popen([sys.executable, "-m", "sft_recipe", "train", str(recipe)],
                                 stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while "'loss'" not in log_path.read_text():  # training is under way
+    while "| loss " not in log_path.read_text():  # training is under way (a step line)
         assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
