@@ -29,13 +29,14 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoModelForCausalLM
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from sft_recipe.cli import main as sft_recipe_main
 from sft_recipe.data.chat_template import chat_prompt, stop_token_ids
 from sft_recipe.generate import generate_answers
 from sft_recipe.model import load_for_inference
-from sft_recipe.tokenizer_train import train_bpe
+from sft_recipe.tokenizer_train import EOS, PAD
 
 CITIES = ["Paris", "Berlin", "Madrid", "Rome", "Oslo", "Lima", "Cairo", "Tokyo", "Delhi", "Quito", "Dakar", "Hanoi",
           "Seoul", "Kyiv", "Riga", "Doha", "Accra", "Bogota", "Lagos", "Perth", "Dublin", "Prague", "Vienna", "Athens"]
@@ -68,18 +69,18 @@ def sample_call(rng: random.Random) -> tuple[str, dict]:
     return name, {"amount": rng.randint(1, 999), "source": source, "target": target}
 
 
-def conversation(rng: random.Random, name: str, args: dict, phrase: str) -> dict:
+def conversation(rng: random.Random, name: str, args: dict, phrase: str, with_result: bool) -> dict:
     result = {"get_weather": lambda: {"temp": rng.randint(-5, 35)}, "get_time": lambda: {"time": f"{rng.randint(0, 23)}:00"},
               "convert": lambda: {"value": rng.randint(1, 9999)}}[name]()
     answer = {"get_weather": f"It is {result.get('temp')} degrees in {args.get('city')}.",
               "get_time": f"It is {result.get('time')} in {args.get('zone')}.",
               "convert": f"That is {result.get('value')} {args.get('target')}."}[name]
     call = {"type": "function", "function": {"name": name, "arguments": args}}
-    return {"messages": [{"role": "user", "content": phrase.format(**args)},
-                         {"role": "assistant", "content": "", "tool_calls": [call]},
-                         {"role": "tool", "content": json.dumps(result)},
-                         {"role": "assistant", "content": answer}],
-            "tools": json.dumps(TOOLS)}  # a JSON string: every row carries the same schemas, unchanged
+    messages = [{"role": "user", "content": phrase.format(**args)},
+                {"role": "assistant", "content": "", "tool_calls": [call]}]
+    if with_result:  # the tool's result (never trained) and the answer that uses it
+        messages += [{"role": "tool", "content": json.dumps(result)}, {"role": "assistant", "content": answer}]
+    return {"messages": messages, "tools": json.dumps(TOOLS)}  # a JSON string: the same schemas, unchanged
 
 
 def make_data(n_train: int, n_heldout: int, seed: int) -> tuple[list[dict], list[tuple[str, str, dict]]]:
@@ -106,8 +107,22 @@ def make_data(n_train: int, n_heldout: int, seed: int) -> tuple[list[dict], list
         phrase = rng.choice(PHRASES[name])
         if (phrase, json.dumps(args, sort_keys=True)) in held_keys:
             continue
-        rows.append(conversation(rng, name, args, phrase))
+        rows.append(conversation(rng, name, args, phrase, with_result=rng.random() < 0.25))
     return rows, held
+
+
+def train_tokenizer(texts: list[str], output_dir: Path) -> None:
+    """A byte-level BPE whose spaces are tokens of their own, so a word is the same token after a
+    space (`in Paris?`) and after a quote (`"city": "Paris"`): copying an argument from the request
+    into the call is then a copy of the same token, which a model this small learns quickly."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(" ", behavior="isolated"),
+                                                       pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=[EOS, PAD], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=PAD).save_pretrained(str(output_dir))
 
 
 def parse_call(text: str) -> tuple[str, dict] | None:
@@ -144,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     texts = [json.dumps(TOOLS), "<tool_call>\n</tool_call> # Tools <tools> </tools> Call a tool with"] * 20
     texts += [m.get("content") or json.dumps(m.get("tool_calls")) for r in rows for m in r["messages"]]
-    train_bpe(texts, vocab_size=800, output_dir=work / "tokenizer")
+    train_tokenizer(texts, work / "tokenizer")
     recipe = {
         "from_scratch": True, "tokenizer_name": str(work / "tokenizer"),
         "model_config": {"model_type": "llama", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
