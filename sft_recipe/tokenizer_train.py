@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from .errors import UserError
@@ -18,23 +18,13 @@ EOS, PAD = "<|endoftext|>", "<|pad|>"
 MIN_VOCAB_SIZE = 256 + 2  # every byte, EOS and pad
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, output_dir: str | Path, min_frequency: int = 2, *,
-              words_lead_with_space: bool = False):
-    """Train on `texts`, save to `output_dir`, and return the `PreTrainedTokenizerFast`.
-
-    `words_lead_with_space`: every word is spelled with its leading-space token, also at the start of
-    the text and after a newline (a space is inserted there), so a word is one token wherever it
-    stands. Byte-level BPE otherwise has two spellings per word (`river` and ` river`), which a tiny
-    model must learn to map onto each other before it can copy a word; decoded text then carries
-    that extra space after newlines.
-    """
+def train_bpe(texts: Iterable[str], vocab_size: int, output_dir: str | Path, min_frequency: int = 2):
+    """Train on `texts`, save to `output_dir`, and return the `PreTrainedTokenizerFast`."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise UserError(f"--vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + 2 special tokens), "
                         f"got {vocab_size}")
     tokenizer = Tokenizer(models.BPE())
-    if words_lead_with_space:
-        tokenizer.normalizer = normalizers.Replace("\n", "\n ")
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=words_lead_with_space)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(

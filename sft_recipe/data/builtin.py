@@ -25,7 +25,7 @@ BUILTIN_PREFIX = "builtin:"
 DEMO_ROWS = 6000
 DEMO_SEED = 1234
 DEMO_VOCAB = 640
-DEMO_VERSION = 3  # bump when the generator changes, so cached files are rebuilt
+DEMO_VERSION = 2  # bump when the generator changes, so cached files are rebuilt
 EXAMPLE_PROMPT = ("Reverse the order of the words.", "apple river stone")  # instruction, input: for "next:"
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "ocean", "candle", "forest",
@@ -133,9 +133,7 @@ def materialise_tokenizer(name: str) -> Path:
     def write(tmp: Path) -> None:
         texts = [ALPACA_WITH_INPUT, ALPACA_NO_INPUT] * 50
         texts += [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in make_rows()]
-        # One token per word wherever it stands (input line start, answer start, after a space): the
-        # copying tasks (reverse, sort) then need no mapping between two spellings of each word.
-        train_bpe(texts, vocab_size=DEMO_VOCAB, output_dir=tmp, words_lead_with_space=True)
+        train_bpe(texts, vocab_size=DEMO_VOCAB, output_dir=tmp)
 
     return _write_atomically(cache_dir() / f"tasks-bpe-v{DEMO_VERSION}-{DEMO_VOCAB}", write)
 
