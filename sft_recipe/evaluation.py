@@ -63,7 +63,7 @@ def generation_check(config: SFTConfig, trainer, tokenizer, data: PreparedData, 
     scores = score_generations(answers, rows["completion"])
     if trainer.is_world_process_zero():
         if label == "trained":
-            for prompt, answer, ref in list(zip(rows["prompt"], answers, rows["completion"]))[:8]:
+            for prompt, answer, ref in list(zip(rows["prompt"], answers, rows["completion"]))[:4]:
                 mark = "ok " if normalise_answer(answer) == normalise_answer(ref) else "BAD"
                 print(f"  [{mark}] {short_prompt(prompt)!r} -> {answer!r}")
         msg = (f"exact match on {len(rows)} held-out prompts ({label}): {scores['eval_exact_match']:.1%}, "
