@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -34,6 +33,7 @@ from .artifacts import (
 )
 from .config import SFTConfig
 from .errors import UserError, one_line
+from .paths import writable_dir
 from .recipe import save_recipe
 
 log = logging.getLogger("sft_recipe")
@@ -47,13 +47,7 @@ def prepare_output_dir(config: SFTConfig, args) -> str | None:
     Re-running a recipe with the same `output_dir` resumes from its last *complete* checkpoint;
     `overwrite_output_dir: true` deletes old checkpoints and starts fresh.
     """
-    out = Path(config.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"{out}: output_dir is not writable ({exc.strerror or exc})") from None
+    out = writable_dir(config.output_dir, "output_dir")
     main = args.process_index == 0
     if config.overwrite_output_dir:
         if main:
