@@ -16,13 +16,12 @@ Pure data, like `lora_settings`: nothing here reads files.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RecipeError
+from .errors import RecipeError, reject_unknown_keys
 
 FORMATS = ("alpaca", "prompt_completion", "text", "messages")
 
@@ -59,12 +58,7 @@ class DataSource:
         where = f"datasets[{index}]"
         if not isinstance(values, dict):
             raise RecipeError(f"recipe key '{where}' must be a mapping with at least 'path', got {values!r}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise RecipeError(f"recipe key '{where}': unknown key '{key}'{hint}; known: {', '.join(known)}")
+        reject_unknown_keys(values, [f.name for f in dataclasses.fields(cls)], where)
         if not isinstance(values.get("path"), str) or not values["path"]:
             raise RecipeError(f"recipe key '{where}.path' is required (a hub id, local file or directory)")
         source = dict(values)

@@ -5,6 +5,8 @@ Anything the user can fix (a bad recipe, a broken data file, a missing path) is 
 Everything else is a bug in sft-recipe and keeps its traceback.
 """
 
+import difflib
+
 
 class UserError(Exception):
     """A problem in the user's recipe, data or paths, reported as a single line."""
@@ -34,3 +36,13 @@ def one_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def reject_unknown_keys(values, known: list[str], where: str) -> None:
+    """A nested recipe mapping (`lora:`, a `datasets:` entry) may only use `known` keys: a typo is an
+    error with a suggestion, never a silently ignored setting."""
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RecipeError(f"recipe key '{where}': unknown key '{key}'{hint}; known: {', '.join(known)}")

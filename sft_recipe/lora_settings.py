@@ -13,11 +13,10 @@ Every key is optional; `lora: {}` means LoRA with these defaults:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import RecipeError
+from .errors import RecipeError, reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -33,12 +32,7 @@ class LoraSettings:
         """Defaults filled in; a one-line RecipeError for any unknown key or bad value."""
         if isinstance(values, LoraSettings):
             return values
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise RecipeError(f"recipe key 'lora': unknown key '{key}'{hint}; known: {', '.join(known)}")
+        reject_unknown_keys(values, [f.name for f in dataclasses.fields(cls)], 'lora')
         settings = cls(**values)
         settings.validate()
         return settings
