@@ -12,7 +12,8 @@ import sys
 
 import torch
 
-from sft_recipe.data.builtin import TASKS, make_rows
+from sft_recipe.data.builtin import TASKS, as_conversation, make_rows
+from sft_recipe.data.chat_template import chat_prompt, stop_token_ids
 from sft_recipe.data.prompts import format_prompt
 from sft_recipe.generate import generate_answers
 from sft_recipe.metrics import normalise_answer
@@ -28,7 +29,13 @@ while len(val) < 300 and attempts < 100000:
     if (r["instruction"], r["input"]) not in seen:
         seen.add((r["instruction"], r["input"])); val.append((task.__name__, r))
 model, tok = load_for_inference(sys.argv[1])
-answers = generate_answers(model, tok, [format_prompt("alpaca", r["instruction"], r["input"]) for _, r in val], max_new_tokens=16)
+if tok.chat_template:  # the demo's `builtin:tasks-chat`: the rows as one-turn conversations
+    prompts = [chat_prompt(tok, as_conversation(r)["messages"][:1]) for _, r in val]
+    answers = generate_answers(model, tok, prompts, max_new_tokens=16, stop_token_ids=stop_token_ids(tok),
+                               add_special_tokens=False)
+else:
+    answers = generate_answers(model, tok, [format_prompt("alpaca", r["instruction"], r["input"]) for _, r in val],
+                               max_new_tokens=16)
 per = collections.defaultdict(lambda: [0, 0])
 for (name, r), a in zip(val, answers):
     per[name][1] += 1; per[name][0] += normalise_answer(a) == normalise_answer(r["output"])

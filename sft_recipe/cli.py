@@ -109,7 +109,8 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
                         f"{dataset_format}); tools are rendered by a chat template")
     if dataset_format == "messages":
         kwargs = recipe.get("chat_template_kwargs") or {}
-        prompt = chat_prompt(tokenizer, [{"role": "user", "content": args.text}], tools, kwargs)
+        content = args.text + (f"\n{args.input}" if args.input else "")  # as builtin:tasks-chat writes it
+        prompt = chat_prompt(tokenizer, [{"role": "user", "content": content}], tools, kwargs)
         stops = stop_token_ids(tokenizer, kwargs)
     else:
         prompt, stops = format_prompt(dataset_format, args.text, args.input), None
@@ -214,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="answer one prompt with a trained model")
     p.add_argument("model_dir", help="a saved model directory, e.g. outputs/run/best")
     p.add_argument("text", help="the instruction (or raw text with --raw)")
-    p.add_argument("--input", default="", help="Alpaca 'input' field for the instruction")
+    p.add_argument("--input", default="", help="Alpaca 'input' field for the instruction "
+                   "(chat models: appended to the message on a line of its own)")
     p.add_argument("--raw", action="store_true", help="continue raw text, no template")
     p.add_argument("--max_new_tokens", type=int, default=128, help="generation length limit")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")

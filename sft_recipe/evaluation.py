@@ -63,9 +63,10 @@ def generation_check(config: SFTConfig, trainer, tokenizer, data: PreparedData, 
     scores = score_generations(answers, rows["completion"])
     if trainer.is_world_process_zero():
         if label == "trained":
-            for prompt, answer, ref in list(zip(rows["prompt"], answers, rows["completion"]))[:4]:
+            shown = rows["shown"] if "shown" in rows.column_names else [short_prompt(p) for p in rows["prompt"]]
+            for question, answer, ref in list(zip(shown, answers, rows["completion"]))[:4]:
                 mark = "ok " if normalise_answer(answer) == normalise_answer(ref) else "BAD"
-                print(f"  [{mark}] {short_prompt(prompt)!r} -> {answer!r}")
+                print(f"  [{mark}] {question!r} -> {answer!r}")
         msg = (f"exact match on {len(rows)} held-out prompts ({label}): {scores['eval_exact_match']:.1%}, "
                f"ROUGE-L {scores['eval_rouge_l']:.3f}")
         if before:

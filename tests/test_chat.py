@@ -110,6 +110,11 @@ def test_train_then_generate_and_chat_from_best(tmp_path, bpe_tokenizer_dir, cap
     out = capsys.readouterr().out
     assert out.count("assistant> ") == 3 and "(history cleared)" in out
 
+    prompts = []  # an Alpaca-style --input goes into the chat message, on a line of its own
+    monkeypatch.setattr("sft_recipe.generate.generate_answers", lambda _m, _t, ps, **_: prompts.extend(ps) or ["x"])
+    assert main(["generate", str(best), "count:", "--input", "cat cat"]) == 0
+    assert "<|im_start|>user\ncount:\ncat cat<|im_end|>" in prompts[0]
+
 
 class EndOfTurnModel:
     """A stub for `generate`: records the prompt ids it gets and always answers `end`."""
@@ -173,6 +178,7 @@ def test_last_turn_prompts_render_the_history_before_the_final_answer():
     rows = datasets.Dataset.from_dict({"messages": [[SYS, Q1, A1, Q2, A2], [Q1, A1, Q2], [Q1, A1]]})
     table, kwargs = last_turn_prompts(rows, tokenizer)
     assert table["completion"] == ["no", "yes"]
+    assert table["shown"] == [Q2["content"], Q1["content"]]  # the question the console shows beside the answer
     assert tokenizer(table["prompt"][0], add_special_tokens=False)["input_ids"] == GOLDEN["2 turns + system"][1][:20]
     assert kwargs == {"stop_token_ids": [END, 1], "add_special_tokens": False}
 

@@ -31,8 +31,11 @@ def test_summary_names_the_best_step_cost_paths_and_next_commands(tmp_path):
 
 def test_next_commands_follow_the_kind_of_model(tmp_path):
     best = tmp_path / "demo" / "best"
-    chat = summary(tmp_path, dataset_format="messages")
+    chat = summary(tmp_path, dataset="builtin:tasks-chat", dataset_format="messages")
     assert f"sft-recipe chat {best}" in chat
+    assert f"sft-recipe generate {best} 'Reverse the order of the words.' --input 'apple river stone'" in chat
+    own_chat = summary(tmp_path, dataset="my.jsonl", dataset_format="messages")
+    assert f"sft-recipe generate {best} 'Hello! Who are you?'" in own_chat
     text = summary(tmp_path, dataset_format="text")
     assert f"sft-recipe generate {best} 'Once upon a time' --raw" in text
     lora = summary(tmp_path, lora={}, push_to_hub=True, hub_model_id="me/demo")

@@ -232,8 +232,9 @@ def chat_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None
 def last_turn_prompts(rows, tokenizer, chat_template_kwargs: Mapping | None = None):
     """Held-out conversations -> `prompt` (history rendered up to the final answer, with the
     generation prompt) and `completion` (that answer), plus the generation settings for chat,
-    for `generation_eval_samples`. Conversations that do not end on a plain answer are skipped."""
-    prompts, answers = [], []
+    for `generation_eval_samples`, and `shown` (the last user message, for the console).
+    Conversations that do not end on a plain answer are skipped."""
+    prompts, answers, shown = [], [], []
     tools_column = rows["tools"] if "tools" in rows.column_names else [None] * len(rows)
     for messages, tools in zip(rows["messages"], tools_column):
         from_row, tools = normalise_messages(messages, tools)
@@ -242,5 +243,7 @@ def last_turn_prompts(rows, tokenizer, chat_template_kwargs: Mapping | None = No
             continue
         prompts.append(chat_prompt(tokenizer, from_row[:-1], tools, chat_template_kwargs))
         answers.append(last["content"])
-    table = datasets.Dataset.from_dict({"prompt": prompts, "completion": answers})
+        users = [m.get("content") or "" for m in from_row if m.get("role") == "user"]
+        shown.append(users[-1] if users else "")
+    table = datasets.Dataset.from_dict({"prompt": prompts, "completion": answers, "shown": shown})
     return table, {"stop_token_ids": stop_token_ids(tokenizer, chat_template_kwargs), "add_special_tokens": False}

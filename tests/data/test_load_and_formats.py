@@ -123,3 +123,29 @@ def test_split_is_seeded_and_disjoint(tmp_path):
     train_b, eval_b = split_rows(ds, 0.1, seed=3, source="a")
     assert eval_a["prompt"] == eval_b["prompt"] and len(eval_a) == 5 and len(train_a) == 45
     assert not set(zip(train_a["prompt"], train_a["completion"])) & set(zip(eval_a["prompt"], eval_a["completion"]))
+
+
+def test_builtin_chat_tasks_are_the_alpaca_rows_as_one_turn_conversations(tmp_path, monkeypatch):
+    from sft_recipe.data.builtin import make_rows
+
+    monkeypatch.setenv("SFT_RECIPE_CACHE", str(tmp_path))
+    alpaca, _ = load("builtin:tasks")
+    chat, _ = load("builtin:tasks-chat", fmt="messages")
+    rows = make_rows()
+    assert len(alpaca) == len(chat) == len(rows)
+    with_input = next(i for i, r in enumerate(rows) if r["input"])
+    row, messages = rows[with_input], chat[with_input]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[0]["content"] == f"{row['instruction']}\n{row['input']}"  # the input on its own line
+    assert messages[1]["content"] == row["output"] == alpaca[with_input]["completion"]
+    without = next(i for i, r in enumerate(rows) if not r["input"])
+    assert chat[without]["messages"][0]["content"] == rows[without]["instruction"]
+
+
+def test_unknown_builtin_dataset_lists_the_available_ones():
+    from sft_recipe.data.builtin import materialise_dataset
+    from sft_recipe.errors import UserError
+
+    with pytest.raises(UserError, match="builtin:nope: unknown built-in dataset "
+                                        r"\(available: builtin:tasks, builtin:tasks-chat\)"):
+        materialise_dataset("builtin:nope")
