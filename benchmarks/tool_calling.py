@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from sft_recipe.cli import main as sft_recipe_main
-from sft_recipe.data.chat_template import chat_prompt, stop_token_ids
+from sft_recipe.data.chat_template import chat_prompt, read_template, stop_token_ids
 from sft_recipe.generate import generate_answers
 from sft_recipe.model import load_for_inference
 from sft_recipe.tokenizer_train import EOS, PAD
@@ -56,6 +56,7 @@ PHRASES = {
     "get_time": ["What time is it in {zone}?", "Current time in {zone}?", "Tell me the time in {zone}."],
     "convert": ["Convert {amount} {source} to {target}.", "How much is {amount} {source} in {target}?"],
 }
+CHATML = ["<|im_start|>", "<|im_end|>"]
 SMALL_TALK = [("Hello!", "Hello! How can I help?"), ("Thanks!", "You are welcome."), ("Who are you?", "A small assistant.")]
 
 
@@ -69,7 +70,8 @@ def sample_call(rng: random.Random) -> tuple[str, dict]:
     return name, {"amount": rng.randint(1, 999), "source": source, "target": target}
 
 
-def conversation(rng: random.Random, name: str, args: dict, phrase: str, with_result: bool) -> dict:
+def exchange(rng: random.Random, name: str, args: dict, phrase: str, with_result: bool) -> list[dict]:
+    """One request and its call; with the tool's result (never trained) and the answer that uses it."""
     result = {"get_weather": lambda: {"temp": rng.randint(-5, 35)}, "get_time": lambda: {"time": f"{rng.randint(0, 23)}:00"},
               "convert": lambda: {"value": rng.randint(1, 9999)}}[name]()
     answer = {"get_weather": f"It is {result.get('temp')} degrees in {args.get('city')}.",
@@ -78,14 +80,20 @@ def conversation(rng: random.Random, name: str, args: dict, phrase: str, with_re
     call = {"type": "function", "function": {"name": name, "arguments": args}}
     messages = [{"role": "user", "content": phrase.format(**args)},
                 {"role": "assistant", "content": "", "tool_calls": [call]}]
-    if with_result:  # the tool's result (never trained) and the answer that uses it
+    if with_result:
         messages += [{"role": "tool", "content": json.dumps(result)}, {"role": "assistant", "content": answer}]
-    return {"messages": messages, "tools": json.dumps(TOOLS)}  # a JSON string: the same schemas, unchanged
+    return messages
 
 
-def make_data(n_train: int, n_heldout: int, seed: int) -> tuple[list[dict], list[tuple[str, str, dict]]]:
+def make_data(n_train: int, n_heldout: int, seed: int, max_requests: int = 4
+              ) -> tuple[list[dict], list[tuple[str, str, dict]]]:
     """Training conversations and held-out (request, tool, arguments) triples that share no
-    (phrase, arguments) combination with training."""
+    (phrase, arguments) combination with training.
+
+    A conversation holds 1 to `max_requests` requests under one tool list: the tool list is most of
+    a row's tokens and is never trained, so several calls per row give the model several times the
+    calls to learn from for the same compute. Every request but the last gets its result and an
+    answer (the format's order: call, result, answer, next request); the last does half the time."""
     rng = random.Random(seed)
     seen, held = set(), []
     while len(held) < n_heldout:
@@ -98,31 +106,48 @@ def make_data(n_train: int, n_heldout: int, seed: int) -> tuple[list[dict], list
     held_keys = set(seen)
     rows = []
     while len(rows) < n_train:
-        if rng.random() < 0.1:
-            question, reply = rng.choice(SMALL_TALK)
-            rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": reply}],
-                         "tools": json.dumps(TOOLS)})
-            continue
-        name, args = sample_call(rng)
-        phrase = rng.choice(PHRASES[name])
-        if (phrase, json.dumps(args, sort_keys=True)) in held_keys:
-            continue
-        rows.append(conversation(rng, name, args, phrase, with_result=rng.random() < 0.25))
+        messages: list[dict] = []
+        for i in range(rng.randint(1, max_requests)):
+            if rng.random() < 0.1:
+                question, reply = rng.choice(SMALL_TALK)
+                messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+                continue
+            while True:
+                name, args = sample_call(rng)
+                phrase = rng.choice(PHRASES[name])
+                if (phrase, json.dumps(args, sort_keys=True)) not in held_keys:
+                    break
+            messages += exchange(rng, name, args, phrase, with_result=True)
+        if messages[-1].get("role") == "assistant" and not messages[-1].get("tool_calls") and rng.random() < 0.5 \
+                and len(messages) >= 4 and messages[-2].get("role") == "tool":
+            messages = messages[:-2]  # end on the call itself
+        rows.append({"messages": messages, "tools": json.dumps(TOOLS)})  # a JSON string: the same schemas
     return rows, held
 
 
-def train_tokenizer(texts: list[str], output_dir: Path) -> None:
-    """A byte-level BPE whose spaces are tokens of their own, so a word is the same token after a
-    space (`in Paris?`) and after a quote (`"city": "Paris"`): copying an argument from the request
-    into the call is then a copy of the same token, which a model this small learns quickly."""
+def train_tokenizer(texts: list[str], output_dir: Path, vocab_size: int = 1000) -> None:
+    """A byte-level BPE trained on the rendered conversations, whose pieces are whole words, single
+    digits, or runs of everything else. A word is then the same token after a space (`in Paris?`) and
+    after a quote (`"city": "Paris"`), and a number is its digits, so copying an argument from the
+    request into the call is a copy of the same tokens; and the JSON punctuation of the tool list
+    (`": "`, `"}}`) merges into a few tokens, so the untrained tool list costs little compute."""
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(" ", behavior="isolated"),
-                                                       pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\p{L}+|\p{N}"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=[EOS, PAD], show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD, *CHATML], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=PAD).save_pretrained(str(output_dir))
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=PAD,
+                            additional_special_tokens=CHATML).save_pretrained(str(output_dir))
+
+
+def rendered(rows: list[dict]) -> list[str]:
+    """The rows as the template renders them (the tokenizer's vocabulary does not change this)."""
+    bootstrap = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), eos_token=EOS)
+    bootstrap.chat_template = read_template("chatml-tools")
+    return [bootstrap.apply_chat_template(r["messages"], tools=json.loads(r["tools"]), tokenize=False) for r in rows]
 
 
 def parse_call(text: str) -> tuple[str, dict] | None:
@@ -157,16 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     rows, held = make_data(args.rows, args.heldout, seed=0)
     data = work / "tools.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    texts = [json.dumps(TOOLS), "<tool_call>\n</tool_call> # Tools <tools> </tools> Call a tool with"] * 20
-    texts += [m.get("content") or json.dumps(m.get("tool_calls")) for r in rows for m in r["messages"]]
-    train_tokenizer(texts, work / "tokenizer")
+    train_tokenizer(rendered(rows), work / "tokenizer")
     recipe = {
         "from_scratch": True, "tokenizer_name": str(work / "tokenizer"),
-        "model_config": {"model_type": "llama", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-                         "num_key_value_heads": 4, "intermediate_size": 384, "max_position_embeddings": 512,
+        "model_config": {"model_type": "llama", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 8,
+                         "num_key_value_heads": 8, "intermediate_size": 384, "max_position_embeddings": 512,
                          "tie_word_embeddings": True},
         "dataset": str(data), "dataset_format": "messages", "chat_template": "chatml-tools", "eval_fraction": 0.05,
-        "max_length": 384, "batch_size": 16, "learning_rate": 3e-3, "warmup_steps": 30, "max_steps": args.steps,
+        "max_length": 512, "batch_size": 16, "learning_rate": 2.5e-3, "warmup_steps": 30, "max_steps": args.steps,
         "weight_decay": 0.0, "logging_steps": 50, "eval_steps": 100, "save_steps": args.steps - args.steps % 100 or 100,
         "save_total_limit": 1, "output_dir": str(work / "run"), "overwrite_output_dir": True, "seed": 0,
     }

@@ -65,33 +65,60 @@ def test_two_processes_stream_like_one(tmp_path, bpe_tokenizer_dir):
     assert eval_loss(runs["two"]) == pytest.approx(eval_loss(runs["plain"]), abs=0.05)
 
 
-def test_sigkill_mid_stream_then_rerun_matches_uninterrupted_run(tmp_path, bpe_tokenizer_dir):
-    """The stream has fewer rows than the run needs, so the resume also crosses the stream's restart."""
-    data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(48))
-    common = dict(max_steps=12, batch_size=4, eval_steps=3, save_steps=3, logging_steps=3, save_total_limit=None,
-                  warmup_steps=2, streaming=True, streaming_eval_examples=8)
+def kill_mid_stream_and_rerun(tmp_path, recipe: dict) -> tuple:
+    """Train `recipe` straight through, and again with a SIGKILL after the first complete checkpoint and a
+    rerun of the same command; returns (straight output dir, killed-and-resumed output dir)."""
     straight = tmp_path / "straight"
-    recipe = write_recipe(tmp_path / "straight.yaml",
-                          base_recipe(tmp_path, data, bpe_tokenizer_dir, output_dir=str(straight), **common))
-    proc = subprocess.run(train_command(recipe), capture_output=True, text=True, timeout=300)
+    path = write_recipe(tmp_path / "straight.yaml", {**recipe, "output_dir": str(straight)})
+    proc = subprocess.run(train_command(path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
 
     killed = tmp_path / "killed"
-    recipe = write_recipe(tmp_path / "killed.yaml",
-                          base_recipe(tmp_path, data, bpe_tokenizer_dir, output_dir=str(killed), **common))
+    path = write_recipe(tmp_path / "killed.yaml", {**recipe, "output_dir": str(killed)})
     with open(tmp_path / "killed.log", "w") as log:  # a file, not a pipe nobody drains
-        proc = subprocess.Popen(train_command(recipe), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(train_command(path), stdout=log, stderr=subprocess.STDOUT)
     wait_for(lambda: last_complete_checkpoint(killed) is not None, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
     first = last_complete_checkpoint(killed)
-    assert first is not None and first.name != "checkpoint-12"
+    assert first is not None and first.name != f"checkpoint-{recipe['max_steps']}"
     assert (first / "stream_state_0.json").is_file()
 
-    rerun = subprocess.run(train_command(recipe), capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(train_command(path), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-5000:]
     assert "resuming from" in rerun.stdout + rerun.stderr
-    assert json.loads((killed / "trainer_state.json").read_text())["global_step"] == 12
+    assert json.loads((killed / "trainer_state.json").read_text())["global_step"] == recipe["max_steps"]
     assert train_log(killed)[-2:] == pytest.approx(train_log(straight)[-2:], abs=1e-3)
     assert eval_loss(killed) == pytest.approx(eval_loss(straight), abs=1e-3)
+    return straight, killed
+
+
+def test_sigkill_mid_stream_then_rerun_matches_uninterrupted_run(tmp_path, bpe_tokenizer_dir):
+    """The stream has fewer rows than the run needs, so the resume also crosses the stream's restart."""
+    data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(48))
+    kill_mid_stream_and_rerun(tmp_path, base_recipe(
+        tmp_path, data, bpe_tokenizer_dir, max_steps=12, batch_size=4, eval_steps=3, save_steps=3, logging_steps=3,
+        save_total_limit=None, warmup_steps=2, streaming=True, streaming_eval_examples=8))
+
+
+def test_streamed_mixture_reports_every_source_and_resumes_after_sigkill(tmp_path, bpe_tokenizer_dir):
+    """Alpaca rows under their own column names (weight 2) and plain text (weight 1), streamed: the
+    data line names both, each has its eval loss, and a killed run resumes to the straight run's losses."""
+    renamed = [{"question": r["instruction"], "context": r["input"], "answer": r["output"]} for r in alpaca_rows(60)]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("".join(f"the cat sat on the mat {i}\n" for i in range(80)), encoding="utf-8")
+    recipe = base_recipe(tmp_path, tmp_path / "unused", bpe_tokenizer_dir, max_steps=9, batch_size=4, eval_steps=3,
+                         save_steps=3, logging_steps=3, save_total_limit=None, warmup_steps=2, streaming=True,
+                         streaming_eval_examples=4, max_length=128, datasets=[
+                             {"path": str(write_jsonl(tmp_path / "tasks.jsonl", renamed)), "format": "alpaca",
+                              "weight": 2, "columns": {"instruction": "question", "input": "context",
+                                                       "output": "answer"}},
+                             {"path": str(corpus), "format": "text", "name": "corpus"}])
+    recipe.pop("dataset")
+    straight, killed = kill_mid_stream_and_rerun(tmp_path, recipe)
+    results = json.loads((straight / "eval_results.json").read_text())
+    assert {"eval_tasks_loss", "eval_corpus_loss", "eval_loss"} <= set(results)
+    position = json.loads((killed / "checkpoint-9" / "stream_state_0.json").read_text())
+    assert position["per_source"] == {"tasks": 24, "corpus": 12}  # 9 steps x 4 items, 2:1

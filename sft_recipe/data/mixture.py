@@ -84,7 +84,11 @@ def concat_or_none(parts: list[Any]) -> Any | None:
 
 
 def describe_sources(sources: dict[str, dict[str, Any]]) -> str:
-    """`gsm8k 7000 rows -> 8000 drawn (weight 2: 50.0%), eval 700; ...` for the start-of-run data line."""
+    """`gsm8k 7000 rows -> 8000 drawn (weight 2: 50.0%), eval 700; ...` for the start-of-run data line
+    (streamed sources: `gsm8k streamed (weight 2: 50.0% of items), eval 256`)."""
+    if all("drawn" not in s for s in sources.values()):
+        return "; ".join(f"{name} streamed (weight {s['weight']:g}: {s['share']:.1%} of items), eval {s['eval_rows']}"
+                         for name, s in sources.items())
     total = sum(s["drawn"] for s in sources.values()) or 1
     return "; ".join(
         f"{name} {s['available']} rows -> {s['drawn']} drawn (weight {s['weight']:g}: {s['drawn'] / total:.1%}), "

@@ -26,6 +26,7 @@ from .load import load_source
 from .mixture import concat_or_none, describe_sources, mix, source_config, uniform_rows
 from .packing import pack_rows
 from .stats import TokenStats, row_stats
+from .stream_mixture import prepare_stream_mixture
 from .streaming import prepare_stream
 from .tokenization import tokenize_messages, tokenize_prompt_completion, tokenize_text
 
@@ -48,6 +49,8 @@ class PreparedData:
 
 def prepare_data(config: SFTConfig, tokenizer) -> PreparedData:
     """Load, validate, split and tokenize: exactly the rows training will see."""
+    if config.streaming and config.datasets:  # see stream_mixture.py: one stream per source, interleaved
+        return PreparedData(*prepare_stream_mixture(config, tokenizer))
     if config.streaming:  # see streaming.py: training rows made on the fly, eval rows from the stream's start
         train, eval_, eval_raw, stats = prepare_stream(config, tokenizer)
         return PreparedData(train, eval_, eval_raw, stats)

@@ -26,7 +26,7 @@ import torch
 from accelerate import PartialState
 
 from ..config import SFTConfig
-from ..errors import DataError, RecipeError, UserError, one_line
+from ..errors import DataError, UserError, one_line
 from .mask import Example
 from .stats import TokenStats
 from .stream_source import builder_of, canonical_row, node_share, open_stream
@@ -188,9 +188,8 @@ def held_out(stream: datasets.IterableDataset, encode: Encode, config: SFTConfig
 
 
 def prepare_stream(config: SFTConfig, tokenizer) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """(training TokenStream, eval rows, held-out raw rows, stats) for one streamed source."""
-    if config.datasets:
-        raise RecipeError("streaming: true with a 'datasets' mixture is not implemented yet; stream one 'dataset'")
+    """(training TokenStream, eval rows, held-out raw rows, stats) for one streamed source (a mixture
+    calls this once per source: `stream_mixture.py`)."""
     where = config.dataset or "dataset"
     stream = open_stream(config)
     if config.max_examples is not None:
