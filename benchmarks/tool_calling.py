@@ -127,13 +127,16 @@ def make_data(n_train: int, n_heldout: int, seed: int, max_requests: int = 4
 
 def train_tokenizer(texts: list[str], output_dir: Path, vocab_size: int = 1000) -> None:
     """A byte-level BPE trained on the rendered conversations, whose pieces are whole words, single
-    digits, or runs of everything else. A word is then the same token after a space (`in Paris?`) and
-    after a quote (`"city": "Paris"`), and a number is its digits, so copying an argument from the
-    request into the call is a copy of the same tokens; and the JSON punctuation of the tool list
-    (`": "`, `"}}`) merges into a few tokens, so the untrained tool list costs little compute."""
+    digits, runs of newlines, or runs of everything else. A word is then the same token after a space
+    (`in Paris?`) and after a quote (`"city": "Paris"`), and a number is its digits, so copying an
+    argument from the request into the call is a copy of the same tokens; the JSON punctuation of the
+    tool list (`": "`, `"}}`) merges into a few tokens, so the untrained tool list costs little compute.
+    Newlines stay apart: glued to the next character, the header's `\n` and a call's `<` became one
+    token `\n<` that a generation prompt (ending in `\n`) never has, and the model answered every
+    request with small talk (sft-recipe now warns about such a tokenizer: `header_merges`)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\p{L}+|\p{N}"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r"\p{L}+|\p{N}|\n+"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD, *CHATML], show_progress=False,

@@ -196,9 +196,46 @@ def stop_token_ids(tokenizer, chat_template_kwargs: Mapping | None = None) -> li
     return stops
 
 
+# First characters of answers that a tokenizer may glue onto the end of the assistant header.
+_ANSWER_STARTS = ("<tool_call>", "{", "[", '"', "<", "(", "-", "*", "#", "1", "A", "a", "\u4f60")
+
+
+def header_merges(tokenizer, chat_template_kwargs: Mapping | None = None) -> list[tuple[str, str]]:
+    """(answer start, token) pairs where the whole rendering's token at the end of the generation
+    prompt also holds the answer's first characters (e.g. `\\n<` as one token): the prompt alone then
+    tokenizes differently, so at inference the model continues from a token it never saw there in
+    training. Answers that start with whitespace are the documented case of `mask.span_labels`."""
+    question = [{"role": "user", "content": _PROBE_Q}]
+    prompt = render(tokenizer, question, add_generation_prompt=True, chat_template_kwargs=chat_template_kwargs)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    merges = []
+    for start in _ANSWER_STARTS:
+        try:
+            whole = render(tokenizer, question + [{"role": "assistant", "content": start + " probe"}],
+                           chat_template_kwargs=chat_template_kwargs)
+        except DataError:
+            continue
+        if not whole.startswith(prompt):
+            return []  # the template renders the last turn differently: no stable prefix to compare
+        ids = tokenizer(whole, add_special_tokens=False)["input_ids"]
+        if ids[:len(prompt_ids)] != prompt_ids:
+            n = next(i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b) if \
+                any(a != b for a, b in zip(prompt_ids, ids)) else len(prompt_ids) - 1
+            merges.append((start, tokenizer.convert_ids_to_tokens(ids[n])))
+    return merges
+
+
 def template_notes(tokenizer, chat_template_kwargs: Mapping | None = None) -> list[str]:
-    """Things worth a human look (not errors): a BOS the tokenizer adds that the template omits."""
+    """Things worth a human look (not errors): a BOS the tokenizer adds that the template omits, and
+    a tokenizer that glues the end of the assistant header onto answers (`header_merges`)."""
     notes = []
+    merges = header_merges(tokenizer, chat_template_kwargs)
+    if merges:
+        shown = ", ".join(f"{start!r} -> token {token!r}" for start, token in merges[:3])
+        notes.append(f"the tokenizer merges the end of the assistant header with the first characters of answers "
+                     f"({shown}{', ...' if len(merges) > 3 else ''}): a generation prompt ends before that "
+                     "token, so at inference the model starts such answers from a token it was never trained "
+                     "after; use a tokenizer that keeps the header's last character (usually a newline) apart")
     added = tokenizer("x", add_special_tokens=True)["input_ids"]
     bare = tokenizer("x", add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id

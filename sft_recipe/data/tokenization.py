@@ -18,7 +18,7 @@ import datasets
 
 from ..config import SFTConfig
 from ..errors import DataError, RecipeError
-from .chat_template import end_of_turn_markers, require_template, template_name
+from .chat_template import end_of_turn_markers, require_template, template_name, template_notes
 from .chat_turns import encode_conversation
 from .mask import (
     DROP_EMPTY,
@@ -154,6 +154,8 @@ def text_encoder(tokenizer, add_eos: bool) -> Callable[[dict[str, list]], dict[s
 
 # --- conversations ---------------------------------------------------------------------------
 
+_NOTED: set[str] = set()
+
 def tokenize_messages(dataset, tokenizer, config: SFTConfig):
     """Conversations -> masked training rows plus counts (batched map; rules in mask.py, turn
     location in chat_turns.py). Errors name the source row (`source_row`, set by validation)."""
@@ -203,6 +205,10 @@ def conversation_encoder(tokenizer, config: SFTConfig) -> Callable[..., tuple[Ex
         end_of_turn_markers(tokenizer, kwargs)  # fail now, not after a run that never learned to stop
     except RecipeError as exc:
         raise RecipeError(f"{template_name(config)}: {exc}") from None
+    for note in template_notes(tokenizer, kwargs):
+        if note not in _NOTED:  # once per run, however many sources share the template
+            _NOTED.add(note)
+            log.warning("%s: %s", template_name(config), note)
     where = config.dataset or "dataset"
 
     def encode(messages: Any, tools: Any, row: int) -> tuple[Example | None, str]:

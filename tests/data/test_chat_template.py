@@ -125,3 +125,50 @@ def test_no_template_at_all_is_a_recipe_error():
 def test_bad_chat_template_value(value, message):
     with pytest.raises(RecipeError, match=message):
         setup_chat_template(make_toy_tokenizer(), config(chat_template=value))
+
+
+# --- a tokenizer that glues the header's newline onto answers ------------------------------
+
+def glueing_tokenizer(keep_newlines_apart: bool):
+    """A BPE whose pieces are words, digits and runs of everything else, so `\\n<` (the header's
+    newline and a tool call's first character) is one piece and, trained on it, one token; with
+    `keep_newlines_apart` newlines are pieces of their own, as in most real tokenizers."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from sft_recipe.data.chat_template import read_template
+
+    pattern = r"\p{L}+|\p{N}|\n+" if keep_newlines_apart else r"\p{L}+|\p{N}"
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    specials = ["</s>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(["<|im_start|>assistant\n<tool_call>\n{\"a\": 1}</tool_call><|im_end|>\n"] * 50,
+                                trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", additional_special_tokens=specials[1:])
+    tokenizer.chat_template = read_template("chatml-tools")
+    return tokenizer
+
+
+def test_a_header_glued_to_answers_is_found_and_said_once(caplog):
+    """The generation prompt ends with `\\n`, the whole rendering has `\\n<` as one token: the model
+    would be trained on a token it never sees at inference (a real case: the tool-calling benchmark's
+    first tokenizer answered every request with small talk). Real tokenizers keep newlines apart."""
+    from sft_recipe.data.chat_template import header_merges, template_notes
+    from sft_recipe.data.tokenization import conversation_encoder
+
+    glued = glueing_tokenizer(keep_newlines_apart=False)
+    merges = dict(header_merges(glued))
+    assert merges["<tool_call>"] == merges["<"] == "Ċ<"
+    assert "A" not in merges  # letters are pieces of their own
+    assert header_merges(glueing_tokenizer(keep_newlines_apart=True)) == []
+    assert header_merges(chat_tokenizer()) == [] and template_notes(chat_tokenizer()) == []
+    recipe = config(chat_template="chatml-tools")
+    with caplog.at_level("WARNING"):
+        conversation_encoder(glued, recipe)
+        conversation_encoder(glued, recipe)  # a second source of a mixture: not said again
+    said = [r.getMessage() for r in caplog.records if "merges the end of the assistant header" in r.getMessage()]
+    assert len(said) == 1 and "'<tool_call>' -> token 'Ċ<'" in said[0]
