@@ -178,11 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--heldout", type=int, default=100)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--learning_rate", type=float, default=2.5e-3)
+    parser.add_argument("--max_requests", type=int, default=4, help="requests per training conversation, at most")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tool-calling-"))
     work.mkdir(parents=True, exist_ok=True)
-    rows, held = make_data(args.rows, args.heldout, seed=0)
+    rows, held = make_data(args.rows, args.heldout, seed=0, max_requests=args.max_requests)
     data = work / "tools.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     train_tokenizer(rendered(rows), work / "tokenizer")
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                          "num_key_value_heads": 8, "intermediate_size": 384, "max_position_embeddings": 512,
                          "tie_word_embeddings": True},
         "dataset": str(data), "dataset_format": "messages", "chat_template": "chatml-tools", "eval_fraction": 0.05,
-        "max_length": 512, "batch_size": 16, "learning_rate": 2.5e-3, "warmup_steps": 30, "max_steps": args.steps,
+        "max_length": 512, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "warmup_steps": 30, "max_steps": args.steps,
         "weight_decay": 0.0, "logging_steps": 50, "eval_steps": 100, "save_steps": args.steps - args.steps % 100 or 100,
         "save_total_limit": 1, "output_dir": str(work / "run"), "overwrite_output_dir": True, "seed": 0,
     }
