@@ -48,6 +48,10 @@ class MixedStream(torch.utils.data.IterableDataset):
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue after the item `state` was saved at (see `state_at`)."""
+        saved = list(state.get("per_source") or {})
+        if saved != self.names:
+            raise UserError(f"streaming: the checkpoint's stream position is for the sources {', '.join(saved)}, the "
+                            f"recipe has {', '.join(self.names)}; resume with the same datasets, or start over")
         self.items, self.counts = int(state["items"]), [int(n) for n in state["counts"]]
         for stream, part in zip(self.streams, state["sources"]):
             if part is not None:
@@ -68,6 +72,8 @@ class MixedStream(torch.utils.data.IterableDataset):
         self.streams[0].save_to_disk(path)  # the same one-line refusal: a stream has no end
 
     def __iter__(self) -> Iterator[dict[str, list[int]]]:
+        """Read once per run: the Trainer never re-iterates an endless stream (a second pass would
+        restart the sources while the counts go on)."""
         iterators = [iter(stream) for stream in self.streams]
         while True:
             k = next_source(self.counts, self.weights)

@@ -54,6 +54,8 @@ class TokenStream(torch.utils.data.IterableDataset):
         """Continue after the item `state` was saved at (see `state_at`)."""
         self._resume = state
         self.items = int(state["items"])
+        # Known again at once: the loader may read past this source before training saves its position.
+        self.history.append((self.items, state["epoch"], state["row"], state["source"], list(state["carry"]), 0))
 
     def state_at(self, items: int) -> dict[str, Any]:
         """The position right after item number `items` (1-based), JSON-serialisable."""
@@ -78,6 +80,7 @@ class TokenStream(torch.utils.data.IterableDataset):
             source = self.source
             carry: list[int] = []
             row = 0
+            whole_pass = not resume  # a resumed pass starts mid-way: its rest may hold no usable row
             if resume:
                 source = copy.deepcopy(self.source)
                 source.load_state_dict(resume["source"])
@@ -103,6 +106,9 @@ class TokenStream(torch.utils.data.IterableDataset):
             if not produced and row == 0:
                 raise DataError(f"{self.where}: the training stream is empty (all its rows are held out for "
                                 "evaluation?); lower streaming_eval_examples or add data")
+            if not produced and whole_pass:  # else the next pass would be as empty, forever
+                raise DataError(f"{self.where}: none of the {row} training rows gave a training item (empty answers, "
+                                "prompts longer than max_length, or text shorter than one block)")
             epoch += 1
             log.info("%s: end of the stream, starting over (pass %d)", self.where, epoch + 1)
 
@@ -178,7 +184,8 @@ def held_out(stream: datasets.IterableDataset, encode: Encode, config: SFTConfig
             ids.append(example.input_ids)
             labels.append(example.labels)
     if not ids:
-        raise DataError(f"{where}: the stream gave no evaluation rows (too short for max_length={block}?)")
+        raise DataError(f"{where}: the stream gave no evaluation rows ({used} rows read, all dropped: empty "
+                        f"answers, prompts longer than max_length={block}, or text shorter than one block)")
     rows = datasets.Dataset.from_dict({"input_ids": ids, "labels": labels, "length": [len(i) for i in ids]})
     try:
         eval_raw = datasets.Dataset.from_list(raw_rows) if raw_rows and "prompt" in raw_rows[0] else None

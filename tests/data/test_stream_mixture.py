@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import pytest
 from conftest import alpaca_rows, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -104,3 +105,44 @@ def test_a_position_resumed_and_saved_again_is_unchanged(tmp_path, bpe_chatml):
     resumed = prepare_data(config, bpe_chatml).train
     resumed.load_state(position)
     assert json.loads(json.dumps(resumed.state_at(12))) == position  # saved again before reading anything
+
+
+def test_a_resumed_source_read_ahead_of_training_still_has_its_position(tmp_path, bpe_chatml):
+    """After a resume the loader reads ahead: a rare source drawn only by that read-ahead must still
+    know the position training stands at (it used to raise at the next save)."""
+    base = mixture_config(tmp_path)
+    config = mixture_config(tmp_path, datasets=[dict(s.to_dict(), weight=w) for s, w in zip(base.datasets, (9, 1))])
+    first = prepare_data(config, bpe_chatml).train
+    straight = take(first, 30)
+    resumed = prepare_data(config, bpe_chatml).train
+    resumed.load_state(json.loads(json.dumps(first.state_at(8))))
+    assert take(resumed, 8) == straight[8:16]  # items 9..16: the chat source is drawn at item 10 only
+    again = prepare_data(config, bpe_chatml).train
+    again.load_state(json.loads(json.dumps(resumed.state_at(12))))  # the chat source stood at its 1st item
+    assert take(again, 18) == straight[12:30]
+
+
+def test_resuming_with_other_sources_is_one_line(tmp_path, bpe_chatml):
+    from sft_recipe.errors import UserError
+
+    config = mixture_config(tmp_path)
+    first = prepare_data(config, bpe_chatml).train
+    take(first, 5)
+    position = first.state_at(5)
+    only_tasks = mixture_config(tmp_path, datasets=[config.datasets[0].to_dict()])
+    with pytest.raises(UserError, match="position is for the sources tasks, chats, the recipe has tasks"):
+        prepare_data(only_tasks, bpe_chatml).train.load_state(position)
+
+
+def test_a_source_with_no_usable_training_row_is_one_line_not_a_hang(tmp_path, bpe_chatml):
+    """Its held-out rows are fine, every later answer is empty: reading it used to loop forever."""
+    from sft_recipe.errors import DataError
+
+    rows = [{"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "yes" if i < 3
+                                                                    else " "}]} for i in range(8)]
+    config = mixture_config(tmp_path)
+    sources = [config.datasets[0].to_dict(), {"path": str(write_jsonl(tmp_path / "bad.jsonl", rows)),
+                                              "format": "messages"}]
+    train = prepare_data(mixture_config(tmp_path, datasets=sources), bpe_chatml).train
+    with pytest.raises(DataError, match="bad.jsonl: none of the 5 training rows gave a training item"):
+        take(train, 10)
