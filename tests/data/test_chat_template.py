@@ -153,7 +153,7 @@ def glueing_tokenizer(keep_newlines_apart: bool):
     return tokenizer
 
 
-def test_a_header_glued_to_answers_is_found_and_said_once(caplog):
+def test_a_header_glued_to_answers_is_found_and_said_once(caplog, monkeypatch):
     """The generation prompt ends with `\\n`, the whole rendering has `\\n<` as one token: the model
     would be trained on a token it never sees at inference (a real case: the tool-calling benchmark's
     first tokenizer answered every request with small talk). Real tokenizers keep newlines apart."""
@@ -167,6 +167,7 @@ def test_a_header_glued_to_answers_is_found_and_said_once(caplog):
     assert header_merges(glueing_tokenizer(keep_newlines_apart=True)) == []
     assert header_merges(chat_tokenizer()) == [] and template_notes(chat_tokenizer()) == []
     recipe = config(chat_template="chatml-tools")
+    monkeypatch.setattr("sft_recipe.data.tokenization._NOTED", set())  # said once per process: start afresh
     with caplog.at_level("WARNING"):
         conversation_encoder(glued, recipe)
         conversation_encoder(glued, recipe)  # a second source of a mixture: not said again
