@@ -200,11 +200,13 @@ def stop_token_ids(tokenizer, chat_template_kwargs: Mapping | None = None) -> li
 _ANSWER_STARTS = ("<tool_call>", "{", "[", '"', "<", "(", "-", "*", "#", "1", "A", "a", "\u4f60")
 
 
-def header_merges(tokenizer, chat_template_kwargs: Mapping | None = None) -> list[tuple[str, str]]:
-    """(answer start, token) pairs where the whole rendering's token at the end of the generation
-    prompt also holds the answer's first characters (e.g. `\\n<` as one token): the prompt alone then
-    tokenizes differently, so at inference the model continues from a token it never saw there in
-    training. Answers that start with whitespace are the documented case of `mask.span_labels`."""
+def header_merges(tokenizer, chat_template_kwargs: Mapping | None = None) -> list[tuple[str, list[str], list[str]]]:
+    """(answer start, the generation prompt's last tokens, the same text's tokens in a conversation)
+    wherever a conversation does not begin with the generation prompt's own tokens: a tokenizer that
+    glues the header's last character onto the answer (`\\n<` as one token), or spells the header's
+    trailing whitespace differently when text follows (`\\n\\n` alone vs `\\n` `\\n`). At inference
+    the model then continues from tokens it never saw there in training. Answers that start with
+    whitespace are the documented case of `mask.span_labels`."""
     question = [{"role": "user", "content": _PROBE_Q}]
     prompt = render(tokenizer, question, add_generation_prompt=True, chat_template_kwargs=chat_template_kwargs)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -219,9 +221,9 @@ def header_merges(tokenizer, chat_template_kwargs: Mapping | None = None) -> lis
             return []  # the template renders the last turn differently: no stable prefix to compare
         ids = tokenizer(whole, add_special_tokens=False)["input_ids"]
         if ids[:len(prompt_ids)] != prompt_ids:
-            n = next(i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b) if \
-                any(a != b for a, b in zip(prompt_ids, ids)) else len(prompt_ids) - 1
-            merges.append((start, tokenizer.convert_ids_to_tokens(ids[n])))
+            n = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), len(prompt_ids) - 1)
+            tail = tokenizer.convert_ids_to_tokens(prompt_ids[n:])
+            merges.append((start, tail, tokenizer.convert_ids_to_tokens(ids[n:n + len(tail) + 1])))
     return merges
 
 
@@ -231,11 +233,12 @@ def template_notes(tokenizer, chat_template_kwargs: Mapping | None = None) -> li
     notes = []
     merges = header_merges(tokenizer, chat_template_kwargs)
     if merges:
-        shown = ", ".join(f"{start!r} -> token {token!r}" for start, token in merges[:3])
-        notes.append(f"the tokenizer merges the end of the assistant header with the first characters of answers "
-                     f"({shown}{', ...' if len(merges) > 3 else ''}): a generation prompt ends before that "
-                     "token, so at inference the model starts such answers from a token it was never trained "
-                     "after; use a tokenizer that keeps the header's last character (usually a newline) apart")
+        start, tail, inside = merges[0]
+        starts = ", ".join(repr(m[0]) for m in merges)
+        notes.append(f"the generation prompt ends with tokens {tail} but a conversation spells that text as "
+                     f"{inside} before an answer starting {start!r} (also before {starts}): at inference the model "
+                     "continues from tokens it was never trained after; use a tokenizer that keeps the header's "
+                     "last characters (usually newlines) apart, as most real tokenizers do")
     added = tokenizer("x", add_special_tokens=True)["input_ids"]
     bare = tokenizer("x", add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id

@@ -161,8 +161,9 @@ def test_a_header_glued_to_answers_is_found_and_said_once(caplog, monkeypatch):
     from sft_recipe.data.tokenization import conversation_encoder
 
     glued = glueing_tokenizer(keep_newlines_apart=False)
-    merges = dict(header_merges(glued))
-    assert merges["<tool_call>"] == merges["<"] == "Ċ<"
+    merges = {start: (tail, inside) for start, tail, inside in header_merges(glued)}
+    assert merges["<tool_call>"] == (["Ċ"], ["Ċ<", "tool"])  # the prompt's `\n`, glued in the rows
+    assert merges["<"] == (["Ċ"], ["Ċ<", "Ġ"])
     assert "A" not in merges  # letters are pieces of their own
     assert header_merges(glueing_tokenizer(keep_newlines_apart=True)) == []
     assert header_merges(chat_tokenizer()) == [] and template_notes(chat_tokenizer()) == []
@@ -171,5 +172,7 @@ def test_a_header_glued_to_answers_is_found_and_said_once(caplog, monkeypatch):
     with caplog.at_level("WARNING"):
         conversation_encoder(glued, recipe)
         conversation_encoder(glued, recipe)  # a second source of a mixture: not said again
-    said = [r.getMessage() for r in caplog.records if "merges the end of the assistant header" in r.getMessage()]
-    assert len(said) == 1 and "'<tool_call>' -> token 'Ċ<'" in said[0]
+    said = [r.getMessage() for r in caplog.records if "the generation prompt ends with tokens" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "tokens ['Ċ'] but a conversation spells that text as ['Ċ<', 'tool'] before an answer starting " \
+           "'<tool_call>'" in said[0]
