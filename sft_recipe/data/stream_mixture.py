@@ -3,12 +3,13 @@
 - **Per source**, exactly as a single streamed `dataset:` (`streaming.py`): its own format, columns
   and tokenization, its first `streaming_eval_examples` rows held out (so every source is evaluated
   and reported as `eval_<name>_loss`), the rest split over the processes, restarted at its end.
-- **Interleaving** is smooth weighted round-robin, not a random draw: item n comes from the source
-  whose count is furthest behind its share (ties to the earlier source). A stream has no length, so
-  weights are shares of the training items (rows; blocks of `max_length` tokens, i.e. tokens, for
-  text), and every prefix of the stream holds them to within one item (two sources) or two (more;
-  tested, not proven): no seed can make a small run see a skewed mix, and the order depends only on the weights, so it is the same on every
-  process and after a resume. A small source restarts from its first training row when it runs out,
+- **Interleaving** is a deterministic round-robin by deficit, not a random draw: item n comes from
+  the source whose count is furthest behind its share (ties to the earlier source). A stream has no
+  length, so weights are shares of the training items (rows; blocks of `max_length` tokens, i.e.
+  tokens, for text). Every prefix of the stream holds them to within one item for two sources (the
+  deficit then stays within half an item) and within two for more (tested, not proven), so no seed
+  can make a short run see a skewed mix; the order depends only on the weights, so it is the same on
+  every process and after a resume. A small source restarts from its first training row when it runs out,
   so it is repeated whole, as without streaming.
 - **Resume:** the position is the mixed item count plus each source's own `TokenStream` position at
   its share of those items; a source not drawn yet starts at its beginning.
