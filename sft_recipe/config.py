@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .data_settings import DataSource, check_columns, check_sources
+from .data_settings import DataSource, check_columns, check_sources, prompt_format
 from .errors import RecipeError
 from .lora_settings import LoraSettings
 
@@ -190,8 +190,9 @@ class SFTConfig:
         if self.dataset is not None and self.datasets is not None:
             raise RecipeError("set 'dataset' or 'datasets' (a mixture), not both")
         self.columns = check_columns(self.columns, "columns")
-        if self.datasets is not None:
+        if self.datasets is not None:  # the top-level format then only says how the model is prompted
             self.datasets = check_sources(self.datasets)
+            self.dataset_format = prompt_format(self.datasets)  # type: ignore[assignment]
         self.packing = "batch_concat" if self.packing is True else self.packing
         if self.streaming and (self.max_steps is None or self.packing == "bfd"):
             raise RecipeError("streaming: true needs 'max_steps' (a stream has no length to count epochs by)" if

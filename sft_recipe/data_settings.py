@@ -103,3 +103,15 @@ def check_sources(sources: list[Any]) -> list[DataSource]:
             source = dataclasses.replace(source, name=f"{source.name}_{seen[source.name]}")
         unique.append(source)
     return unique
+
+
+def prompt_format(sources: list[DataSource]) -> str:
+    """The format a mixture's model is prompted in (`generate`, `chat`, samples, the card): the
+    sources' one format, else chat when any source is a conversation (its template is the model's),
+    else the first prompted format (text only continues what it is given)."""
+    formats = [s.format for s in sources]
+    if len(set(formats)) == 1:
+        return formats[0]
+    if "messages" in formats:
+        return "messages"
+    return next(f for f in formats if f != "text")

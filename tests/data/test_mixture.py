@@ -78,3 +78,17 @@ def test_mixture_recipe_errors():
         build_config(dict(model_name="m", datasets=[{"path": "a.jsonl", "wieght": 1}]), "test")
     config = build_config(dict(model_name="m", datasets=[{"path": "x/train.jsonl"}, {"path": "y/train.jsonl"}]), "t")
     assert [s.name for s in config.datasets] == ["train", "train_2"]
+
+
+@pytest.mark.parametrize("formats,prompted", [
+    (["messages", "messages"], "messages"),
+    (["alpaca", "messages"], "messages"),      # a conversation source: the model is prompted through its template
+    (["text", "prompt_completion"], "prompt_completion"),
+    (["text", "text"], "text"),
+    (["text", "alpaca", "prompt_completion"], "alpaca"),
+])
+def test_a_mixture_is_prompted_in_the_format_its_sources_say(formats, prompted):
+    """`generate`, `chat`, the samples and the card read the top-level `dataset_format`: for a mixture it
+    follows the sources (it used to stay `alpaca`, so a chat-only mixture was prompted in Alpaca)."""
+    sources = [{"path": f"{i}.jsonl", "format": f} for i, f in enumerate(formats)]
+    assert build_config(dict(model_name="m", datasets=sources, dataset_format="alpaca"), "t").dataset_format == prompted
