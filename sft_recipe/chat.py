@@ -42,12 +42,14 @@ def chat_loop(model, tokenizer, stdin: TextIO = sys.stdin, stdout: TextIO = sys.
               system: str | None = None, tools: list[dict] | None = None,
               chat_template_kwargs: Mapping | None = None) -> list[dict[str, str]]:
     """Read user lines, answer each with the whole history; `/reset` forgets it, `/exit` or EOF ends.
-    Returns the final history (for tests)."""
+    A line ending with a backslash continues on the next line (an instruction and its input, as the
+    demo's tasks are written). Returns the final history (for tests)."""
     stops = stop_token_ids(tokenizer, chat_template_kwargs)
     start = [{"role": "system", "content": system}] if system else []
     history = list(start)
     interactive = stdin.isatty()
-    print("chat: /reset clears the history, /exit (or Ctrl-D) quits", file=stdout, flush=True)
+    print("chat: /reset clears the history, /exit (or Ctrl-D) quits, a line ending with \\ continues on the next",
+          file=stdout, flush=True)
     while True:
         if interactive:
             print("you> ", end="", file=stdout, flush=True)
@@ -55,6 +57,13 @@ def chat_loop(model, tokenizer, stdin: TextIO = sys.stdin, stdout: TextIO = sys.
         if not line or line.strip() == "/exit":
             return history
         text = line.rstrip("\n")
+        while text.endswith("\\"):
+            if interactive:
+                print("...> ", end="", file=stdout, flush=True)
+            more = stdin.readline()
+            text = text[:-1] + ("\n" + more.rstrip("\n") if more else "")
+            if not more:
+                break
         if text.strip() == "/reset":
             history = list(start)
             print("(history cleared)", file=stdout, flush=True)

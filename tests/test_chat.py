@@ -239,3 +239,12 @@ def test_tools_file_errors_name_the_file(tmp_path, content, message):
     with pytest.raises(UserError, match=message):
         read_tools(str(path))
     assert read_tools(None) is None
+
+
+def test_a_line_ending_with_a_backslash_continues_the_message(bpe_chatml):
+    """An instruction and its input on two lines, as the demo's tasks are written; EOF ends it too."""
+    model = EndOfTurnModel(bpe_chatml.convert_tokens_to_ids("<|im_end|>"))
+    stdout = io.StringIO()
+    history = chat_loop(model, bpe_chatml, io.StringIO("Reverse the words.\\\nred cat\nhi\nlast\\"), stdout)
+    assert [m["content"] for m in history if m["role"] == "user"] == ["Reverse the words.\nred cat", "hi", "last"]
+    assert "a line ending with \\ continues on the next" in stdout.getvalue()
