@@ -16,6 +16,7 @@ from typing import Any, Literal
 from .data_settings import DataSource, check_columns, check_sources, prompt_format
 from .errors import RecipeError
 from .lora_settings import LoraSettings
+from .recipe_keys import BUILTIN_CALLBACKS, DEFAULT_CALLBACKS, MAPPED_TRAINING_ARGS, is_secret_key
 
 DatasetFormat = Literal["alpaca", "prompt_completion", "text", "messages"]
 TrainOn = Literal["all_assistant", "last_assistant"]
@@ -264,37 +265,3 @@ class SFTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# Built-in callbacks (sft_recipe/callbacks/), and the ones a recipe gets when it names none.
-BUILTIN_CALLBACKS = ("nan_guard", "throughput", "loss_curve", "samples", "early_stopping")
-DEFAULT_CALLBACKS = ("nan_guard", "throughput", "loss_curve")
-
-
-def is_secret_key(key: str) -> bool:
-    """`hub_token`, `token`, ...: the same rule `TrainingArguments.to_dict` uses to mask values."""
-    return key == "token" or key.endswith("_token")
-
-
-# TrainingArguments fields that `to_training_arguments` sets from recipe keys.
-MAPPED_TRAINING_ARGS = frozenset({
-    "output_dir", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-    "learning_rate", "num_train_epochs", "max_steps", "warmup_steps", "weight_decay", "lr_scheduler_type",
-    "max_grad_norm", "seed", "data_seed", "logging_steps", "eval_strategy", "eval_steps", "eval_on_start",
-    "save_strategy", "save_steps", "save_total_limit", "load_best_model_at_end", "metric_for_best_model",
-    "greater_is_better", "report_to", "train_sampling_strategy", "bf16", "fp16", "torch_compile",
-    "remove_unused_columns", "use_cache", "average_tokens_across_devices", "include_num_input_tokens_seen",
-    "tf32", "optim", "dataloader_pin_memory", "disable_tqdm", "use_cpu", "logging_nan_inf_filter",
-    "activation_checkpointing", "activation_checkpointing_kwargs", "ignore_data_skip",
-})
-
-# Recipe keys consumed before training (data, model, generation), never by TrainingArguments.
-NOT_TRAINING_ARGS = frozenset({
-    "model_name", "tokenizer_name", "from_scratch", "model_config", "trust_remote_code", "attn_implementation",
-    "dataset", "dataset_format", "dataset_config", "dataset_split", "eval_fraction", "max_examples",
-    "max_eval_samples", "columns", "datasets", "streaming", "streaming_eval_examples",
-    "max_length", "chat_template", "chat_template_kwargs", "train_on", "num_proc", "packing", "pad_to_multiple_of",
-    "loss_chunk_size", "generation_eval_samples", "max_new_tokens", "training_args", "callbacks", "eval_train_sample",
-    "early_stopping_patience", "sample_prompts", "overwrite_output_dir", "push_to_hub", "hub_model_id", "lora",
-    "release_host_memory",
-})

@@ -16,7 +16,8 @@ from typing import Any, Literal, Union
 import yaml
 
 from .artifacts import RECIPE_FILENAME
-from .config import SFTConfig, is_secret_key
+from .config import SFTConfig
+from .recipe_keys import is_secret_key
 from .errors import RecipeError, one_line
 
 

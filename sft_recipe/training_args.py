@@ -1,6 +1,6 @@
 """`SFTConfig` -> `transformers.TrainingArguments`, field by field.
 
-The recipe owns the fields in `config.MAPPED_TRAINING_ARGS` (a recipe that also sets one in
+The recipe owns the fields in `recipe_keys.MAPPED_TRAINING_ARGS` (a recipe that also sets one in
 `training_args` is refused); everything else in `training_args` passes through unchanged. Building
 the arguments also initialises the (possibly distributed) state, so it is the first step of a run.
 """
@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from .config import MAPPED_TRAINING_ARGS, SFTConfig
+from .config import SFTConfig
+from .recipe_keys import MAPPED_TRAINING_ARGS
 from .errors import RecipeError, one_line
 from .hardware import default_loss_chunk_size, resolve_precision
 from .recipe import coerce, describe

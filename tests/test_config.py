@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from sft_recipe.config import MAPPED_TRAINING_ARGS, NOT_TRAINING_ARGS, SFTConfig
+from sft_recipe.config import SFTConfig
+from sft_recipe.recipe_keys import MAPPED_TRAINING_ARGS, NOT_TRAINING_ARGS
 from sft_recipe.errors import RecipeError
 from sft_recipe.training_args import to_training_arguments
 

@@ -20,7 +20,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sft_recipe"
 LAYERS = {
-    0: ["errors", "artifacts", "config", "lora_settings", "data_settings", "recipe", "hardware", "host_memory",
+    0: ["errors", "artifacts", "recipe_keys", "config", "lora_settings", "data_settings", "recipe", "hardware", "host_memory",
         "tokenizer_train", "metrics", "paths", "console"],
     1: ["data"],
     2: ["model", "lora", "loss", "training_args", "generate"],
