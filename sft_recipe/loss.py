@@ -19,9 +19,9 @@ forward*: after it, FSDP2 holds a DTensor shard (`F.linear` of a tensor with it 
 torch.Tensor and DTensor") and ZeRO-3 an empty placeholder. `head_trainable_token_loss` therefore
 computes the same chunked loss inside the head's forward (`loss_inside_head`) and returns it as the
 head's output, so backward also passes the wrapper's output hooks that re-gather parameters. The
-post-forward path stays for unsharded models: it is what single-process and DDP runs have always used. Models whose head is not a plain `nn.Linear`,
-or that post-process logits (soft-capping, scaling), are refused by `decoder_and_head` and use
-the model's own loss.
+post-forward path stays for unsharded models: it is what single-process and DDP runs have always
+used. Models whose head is not a plain `nn.Linear`, or that post-process logits (soft-capping,
+scaling), are refused by `decoder_and_head` and use the model's own loss.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
 from .artifacts import BEST_DIRNAME
 from .card import write_model_card
 from .checkpoints import saving
@@ -20,8 +22,8 @@ from .recipe import save_recipe
 
 # What `save_pretrained` writes for the weights: one file, or an index over shards. A LoRA run's
 # best/ holds the adapter (see `lora.py`).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME,
+                "adapter_model.safetensors", "adapter_model.bin")  # peft's names; peft is optional
 
 log = logging.getLogger("sft_recipe")
 

@@ -25,7 +25,7 @@ from .formats import describe_mapping, drop_empty_completions, map_columns, norm
 from .load import load_source
 from .mixture import concat_or_none, describe_sources, mix, source_config, uniform_rows
 from .packing import pack_rows
-from .stats import TokenStats, row_stats
+from .stats import TokenStats, row_stats, total_stats
 from .stream_mixture import prepare_stream_mixture
 from .streaming import prepare_stream
 from .tokenization import tokenize_messages, tokenize_prompt_completion, tokenize_text
@@ -67,13 +67,7 @@ def prepare_mixture(config: SFTConfig, tokenizer) -> PreparedData:
     prepared = [prepare_source(source_config(config, s), tokenizer) for s in sources]
     train, counts = mix([uniform_rows(p.train) for p in prepared], sources, config.seed)
     eval_parts = {s.name: uniform_rows(p.eval) for s, p in zip(sources, prepared)}
-    stats: dict[str, Any] = {}
-    for name in ("train", "eval"):
-        fields = set(TokenStats.__dataclass_fields__)
-        total = TokenStats()
-        for p in prepared:
-            total = total.add(TokenStats(**{k: v for k, v in p.stats[name].items() if k in fields}))
-        stats[name] = total.to_dict()
+    stats: dict[str, Any] = {name: total_stats([p.stats[name] for p in prepared]) for name in ("train", "eval")}
     stats["sources"] = {
         s.name: {"path": s.path, "format": s.format, "weight": s.weight, "available": len(p.train), "drawn": n,
                  "eval_rows": len(p.eval), "train": p.stats["train"], "eval": p.stats["eval"]}
@@ -135,11 +129,8 @@ def progress_bars(enabled: bool) -> Iterator[None]:
 
 
 def describe_stats(stats: dict[str, Any]) -> str:
-    fields = set(TokenStats.__dataclass_fields__)
-    line = "; ".join(
-        f"{name}: {TokenStats(**{k: v for k, v in s.items() if k in fields}).summary()}" for name, s in stats.items()
-        if name in ("train", "eval")
-    )
+    line = "; ".join(f"{name}: {TokenStats.from_dict(s).summary()}" for name, s in stats.items()
+                     if name in ("train", "eval"))
     if "packing" in stats:
         p = stats["packing"]
         line += f"; packed {p['rows']} train rows into {p['bins']} bins of {p['max_length']} tokens, {p['fill']:.1%} full"

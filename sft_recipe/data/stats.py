@@ -40,6 +40,19 @@ class TokenStats:
     def to_dict(self) -> dict[str, Any]:
         return {**{f.name: getattr(self, f.name) for f in fields(self)}, "trainable_share": self.trainable_share}
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TokenStats":
+        """Back from `to_dict` (derived keys such as `trainable_share` are ignored)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+def total_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `to_dict` counts of several sources, added up (a mixture's train or eval line)."""
+    total = TokenStats()
+    for part in parts:
+        total = total.add(TokenStats.from_dict(part))
+    return total.to_dict()
+
 
 def row_stats(raw_rows: int, tokenized) -> TokenStats:
     """Counts for a tokenized split; rows that vanished in the map were dropped for length."""

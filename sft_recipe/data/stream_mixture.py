@@ -26,8 +26,8 @@ import torch
 from ..config import SFTConfig
 from ..errors import UserError
 from .mixture import concat_or_none, source_config, uniform_rows
-from .stats import TokenStats
-from .streaming import TokenStream, prepare_stream
+from .stats import total_stats
+from .streaming import TokenStream, history_size, prepare_stream
 
 
 def next_source(counts: list[int], weights: list[float]) -> int:
@@ -90,14 +90,9 @@ def prepare_stream_mixture(config: SFTConfig, tokenizer) -> tuple[MixedStream, A
     sources = config.datasets or []
     parts = [prepare_stream(source_config(config, s), tokenizer) for s in sources]
     weights = [s.weight for s in sources]
-    train = MixedStream([p[0] for p in parts], weights, [s.name for s in sources],
-                        history=max(4096, 4 * config.batch_size * config.gradient_accumulation_steps))
+    train = MixedStream([p[0] for p in parts], weights, [s.name for s in sources], history=history_size(config))
     eval_parts = {s.name: uniform_rows(p[1]) for s, p in zip(sources, parts)}
-    fields = set(TokenStats.__dataclass_fields__)
-    total = TokenStats()
-    for p in parts:
-        total = total.add(TokenStats(**{k: v for k, v in p[3]["eval"].items() if k in fields}))
-    stats = {"eval": total.to_dict(),
+    stats = {"eval": total_stats([p[3]["eval"] for p in parts]),
              "streaming": {"held_out_source_rows": {s.name: p[3]["streaming"]["held_out_source_rows"]
                                                     for s, p in zip(sources, parts)},
                            "processes": parts[0][3]["streaming"]["processes"]},

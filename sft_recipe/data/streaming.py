@@ -194,6 +194,11 @@ def held_out(stream: datasets.IterableDataset, encode: Encode, config: SFTConfig
     return rows, eval_raw, used
 
 
+def history_size(config: SFTConfig) -> int:
+    """Positions a stream keeps: the loader reads up to a few optimizer steps ahead of training."""
+    return max(4096, 4 * config.batch_size * config.gradient_accumulation_steps)
+
+
 def prepare_stream(config: SFTConfig, tokenizer) -> tuple[Any, Any, Any, dict[str, Any]]:
     """(training TokenStream, eval rows, held-out raw rows, stats) for one streamed source (a mixture
     calls this once per source: `stream_mixture.py`)."""
@@ -205,10 +210,8 @@ def prepare_stream(config: SFTConfig, tokenizer) -> tuple[Any, Any, Any, dict[st
     eval_rows, eval_raw, used = held_out(stream, encode, config, where)
     state = PartialState()
     train_source = node_share(stream, used, state.process_index, state.num_processes)
-    # The loader reads up to a few optimizer steps ahead of training: keep the positions of that many items.
-    history = max(4096, 4 * config.batch_size * config.gradient_accumulation_steps)
     train = TokenStream(train_source, encode, config.max_length if config.dataset_format == "text" else None,
-                        history=history, where=where)
+                        history=history_size(config), where=where)
     tokens = sum(len(i) for i in eval_rows["input_ids"])
     trainable = sum(sum(1 for t in lab if t != -100) for lab in eval_rows["labels"])
     dropped = 0 if config.dataset_format == "text" else used - len(eval_rows)

@@ -154,7 +154,8 @@ def text_encoder(tokenizer, add_eos: bool) -> Callable[[dict[str, list]], dict[s
 
 # --- conversations ---------------------------------------------------------------------------
 
-_NOTED: set[str] = set()
+_NOTED: set[str] = set()  # template notes already said in this process
+
 
 def tokenize_messages(dataset, tokenizer, config: SFTConfig):
     """Conversations -> masked training rows plus counts (batched map; rules in mask.py, turn
