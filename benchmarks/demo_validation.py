@@ -15,9 +15,9 @@ import torch
 from sft_recipe.data.builtin import TASKS, as_conversation, make_rows
 from sft_recipe.data.chat_template import chat_prompt, stop_token_ids
 from sft_recipe.data.prompts import format_prompt
-from sft_recipe.generate import generate_answers
-from sft_recipe.metrics import normalise_answer
-from sft_recipe.model import load_for_inference
+from sft_recipe.model.generate import generate_answers
+from sft_recipe.commands.metrics import normalise_answer
+from sft_recipe.model.load import load_for_inference
 
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
 seen = {(r["instruction"], r["input"]) for r in make_rows()}

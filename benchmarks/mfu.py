@@ -68,11 +68,11 @@ def main(argv=None) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback
 
-    from sft_recipe.config import SFTConfig
+    from sft_recipe.recipe.config import SFTConfig
     from sft_recipe.data.collate import make_collator
-    from sft_recipe.hardware import default_attention
-    from sft_recipe.trainer import SFTTrainer
-    from sft_recipe.training_args import loss_chunk_size, to_training_arguments
+    from sft_recipe.model.hardware import default_attention
+    from sft_recipe.training.trainer import SFTTrainer
+    from sft_recipe.training.arguments import loss_chunk_size, to_training_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="Optimizer steps (the first 5 are warm-up).")

@@ -26,12 +26,12 @@ import time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback
 
-from sft_recipe.build import collator_for
+from sft_recipe.commands.build import collator_for
 from sft_recipe.data.prepare import eval_rows_and_parts, prepare_data
-from sft_recipe.model import load_tokenizer
-from sft_recipe.recipe import build_config
-from sft_recipe.trainer import SFTTrainer
-from sft_recipe.training_args import loss_chunk_size, to_training_arguments
+from sft_recipe.model.load import load_tokenizer
+from sft_recipe.recipe.files import build_config
+from sft_recipe.training.trainer import SFTTrainer
+from sft_recipe.training.arguments import loss_chunk_size, to_training_arguments
 
 MODES = ("padding", "batch_concat", "bfd")
 MODEL = dict(n_layer=2, n_embd=128, n_head=4, n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)

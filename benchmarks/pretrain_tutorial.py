@@ -40,7 +40,7 @@ def load_recipe_settings() -> dict:
 
 
 def build_model(recipe: dict, tokenizer):
-    """The recipe's GPT-2, built exactly as `sft_recipe.model.load_model` builds it."""
+    """The recipe's GPT-2, built exactly as `sft_recipe.model.load.load_model` builds it."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -150,7 +150,7 @@ def heldout_loss(model_dir: str, corpus: str, tokenizer_dir: str) -> float:
     from transformers import AutoModelForCausalLM
 
     from sft_recipe.data.tokenization import tokenize_text
-    from sft_recipe.model import load_tokenizer
+    from sft_recipe.model.load import load_tokenizer
 
     recipe = load_recipe_settings()
     tokenizer = load_tokenizer(tokenizer_dir)

@@ -35,9 +35,9 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from sft_recipe.cli import main as sft_recipe_main
 from sft_recipe.data.chat_template import chat_prompt, read_template, stop_token_ids
-from sft_recipe.generate import generate_answers
-from sft_recipe.model import load_for_inference
-from sft_recipe.tokenizer_train import EOS, PAD
+from sft_recipe.model.generate import generate_answers
+from sft_recipe.model.load import load_for_inference
+from sft_recipe.data.tokenizer_train import EOS, PAD
 
 CITIES = ["Paris", "Berlin", "Madrid", "Rome", "Oslo", "Lima", "Cairo", "Tokyo", "Delhi", "Quito", "Dakar", "Hanoi",
           "Seoul", "Kyiv", "Riga", "Doha", "Accra", "Bogota", "Lagos", "Perth", "Dublin", "Prague", "Vienna", "Athens",

@@ -34,7 +34,7 @@ def key_sections(config_class) -> list[tuple[str, list[dataclasses.Field]]]:
 
 
 def recipe_keys_help() -> str:
-    from .config import SFTConfig
+    from .recipe.config import SFTConfig
 
     lines = ["recipe keys (set in the YAML or as --key value; the command line wins):"]
     for title, fields in key_sections(SFTConfig):
@@ -54,14 +54,14 @@ def list_commands(parser: argparse.ArgumentParser) -> str:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .recipe import load_recipe
+    from .recipe.files import load_recipe
 
     config = load_recipe(args.recipe, overrides)  # torch is not loaded yet
     if config.release_host_memory:
-        from .host_memory import release_host_memory
+        from .training.host_memory import release_host_memory
 
         logging.getLogger("sft_recipe").info("host memory: %s", ", ".join(release_host_memory()) or "left as set")
-    from .train import train
+    from .commands.train import train
 
     train(config)  # ends with the summary block (best model, time, paths, next commands)
     return 0
@@ -71,9 +71,9 @@ def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
     from .data.chat_template import setup_chat_template
     from .data.prepare import describe_stats, prepare_data
     from .data.preview import show_rows
-    from .model import load_tokenizer
-    from .paths import writable_dir
-    from .recipe import load_recipe
+    from .model.load import load_tokenizer
+    from .rundir.paths import writable_dir
+    from .recipe.files import load_recipe
 
     config = load_recipe(args.recipe, overrides)
     writable_dir(args.output, "--output")
@@ -89,12 +89,12 @@ def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .chat import read_tools
+    from .commands.chat import read_tools
     from .data.chat_template import chat_prompt, stop_token_ids
     from .data.prompts import format_prompt
-    from .generate import generate_answers
-    from .model import load_for_inference
-    from .recipe import read_saved_recipe
+    from .model.generate import generate_answers
+    from .model.load import load_for_inference
+    from .rundir.layout import read_saved_recipe
 
     reject_overrides(overrides)
     check_generation_options(args)
@@ -122,9 +122,9 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .chat import chat_loop, read_tools
-    from .model import load_for_inference
-    from .recipe import read_saved_recipe
+    from .commands.chat import chat_loop, read_tools
+    from .model.load import load_for_inference
+    from .rundir.layout import read_saved_recipe
 
     reject_overrides(overrides)
     check_generation_options(args)
@@ -141,7 +141,7 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .tokenizer_train import iter_corpus, train_bpe
+    from .data.tokenizer_train import iter_corpus, train_bpe
 
     reject_overrides(overrides)
     tokenizer = train_bpe(iter_corpus(args.corpus), args.vocab_size, args.output, args.min_frequency)
@@ -153,10 +153,10 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     import json
     from pathlib import Path
 
-    from .artifacts import RECIPE_FILENAME, RESULTS_FILENAME
-    from .evaluation import evaluate_saved, write_results
-    from .paths import writable_file
-    from .recipe import load_recipe
+    from .rundir.layout import RECIPE_FILENAME, RESULTS_FILENAME
+    from .commands.evaluation import evaluate_saved, write_results
+    from .rundir.paths import writable_file
+    from .recipe.files import load_recipe
 
     recipe = args.recipe or Path(args.model_dir) / RECIPE_FILENAME
     if not Path(args.model_dir).is_dir():
@@ -171,7 +171,7 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_merge(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .export import merge_adapter
+    from .publish.export import merge_adapter
 
     reject_overrides(overrides)
     out = merge_adapter(args.adapter_dir, args.output)

@@ -64,7 +64,7 @@ def bpe_tokenizer_dir(tmp_path_factory) -> Path:
     """A 400-token byte-level BPE trained in-process by sft_recipe's own trainer."""
     from sft_recipe.data.builtin import make_rows
     from sft_recipe.data.prompts import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
-    from sft_recipe.tokenizer_train import train_bpe
+    from sft_recipe.data.tokenizer_train import train_bpe
 
     out = tmp_path_factory.mktemp("bpe")
     texts = [ALPACA_WITH_INPUT, ALPACA_NO_INPUT] * 20
@@ -75,7 +75,7 @@ def bpe_tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bpe_tokenizer(bpe_tokenizer_dir):
-    from sft_recipe.model import load_tokenizer
+    from sft_recipe.model.load import load_tokenizer
 
     return load_tokenizer(str(bpe_tokenizer_dir))
 
@@ -141,9 +141,9 @@ def write_recipe(path: Path, recipe: dict) -> Path:
 @pytest.fixture(scope="session")
 def bpe_chatml(bpe_tokenizer_dir):
     """The BPE tokenizer with the built-in ChatML template installed."""
-    from sft_recipe.config import SFTConfig
+    from sft_recipe.recipe.config import SFTConfig
     from sft_recipe.data.chat_template import setup_chat_template
-    from sft_recipe.model import load_tokenizer
+    from sft_recipe.model.load import load_tokenizer
 
     tokenizer = load_tokenizer(str(bpe_tokenizer_dir))
     setup_chat_template(tokenizer, SFTConfig(dataset="chats.jsonl", dataset_format="messages", model_name="toy",

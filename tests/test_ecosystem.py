@@ -121,8 +121,8 @@ def test_wandb_card_hub_generate_and_eval_end_to_end(tmp_path, alpaca_file, bpe_
     capsys.readouterr()
     assert main(["generate", str(best), "What is 2 plus 3?", "--max_new_tokens", "4"]) == 0
     from sft_recipe.data.prompts import alpaca_prompt
-    from sft_recipe.generate import generate_answers
-    from sft_recipe.model import load_for_inference
+    from sft_recipe.model.generate import generate_answers
+    from sft_recipe.model.load import load_for_inference
 
     model, tokenizer = load_for_inference(best)
     (expected,) = generate_answers(model, tokenizer, [alpaca_prompt("What is 2 plus 3?")], max_new_tokens=4)

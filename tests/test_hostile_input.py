@@ -16,8 +16,8 @@ from conftest import base_recipe, write_jsonl, write_recipe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sft_recipe.artifacts import COMPLETE_MARKER
-from sft_recipe.checkpoints import last_complete_checkpoint
+from sft_recipe.rundir.layout import COMPLETE_MARKER
+from sft_recipe.rundir.checkpoints import last_complete_checkpoint
 from sft_recipe.cli import main
 from sft_recipe.errors import UserError
 
@@ -239,7 +239,7 @@ rows = st.lists(
 def test_fuzzed_rows_give_a_user_error_or_valid_training_rows(tmp_path_factory, toy_tokenizer, rows, broken_line):
     from sft_recipe.data.mask import IGNORE_INDEX
     from sft_recipe.data.prepare import prepare_data
-    from sft_recipe.recipe import load_recipe
+    from sft_recipe.recipe.files import load_recipe
 
     tmp = tmp_path_factory.mktemp("fuzz")
     text = "".join(json.dumps(r) + "\n" for r in rows) + ("{\"output\": \n" if broken_line else "")
@@ -268,7 +268,7 @@ recipe_keys = st.sampled_from(["batch_size", "max_length", "learning_rate", "num
 @given(recipe=st.dictionaries(recipe_keys, values, max_size=5))
 def test_fuzzed_recipes_give_a_recipe_error_or_a_config(tmp_path_factory, recipe):
     from sft_recipe.errors import RecipeError
-    from sft_recipe.recipe import load_recipe
+    from sft_recipe.recipe.files import load_recipe
 
     path = tmp_path_factory.mktemp("recipe") / "recipe.yaml"
     path.write_text(yaml.safe_dump({"dataset": "d.jsonl", "model_name": "m", **recipe}), encoding="utf-8")
@@ -298,7 +298,7 @@ def test_pickled_weights_are_never_unpickled(tmp_path, toy_tokenizer):
 
     from conftest import tiny_model
 
-    from sft_recipe.model import load_for_inference
+    from sft_recipe.model.load import load_for_inference
 
     model_dir = tmp_path / "model"
     tiny_model(vocab_size=len(toy_tokenizer)).config.save_pretrained(model_dir)
@@ -315,7 +315,7 @@ def test_remote_code_is_off_unless_the_recipe_asks(tmp_path, toy_tokenizer, monk
     import transformers
     from conftest import tiny_model
 
-    from sft_recipe.model import load_for_inference, load_tokenizer
+    from sft_recipe.model.load import load_for_inference, load_tokenizer
 
     model_dir = tmp_path / "model"
     tiny_model(vocab_size=len(toy_tokenizer)).save_pretrained(model_dir)

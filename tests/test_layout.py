@@ -1,14 +1,15 @@
 """The package's floor plan: layers that only import downwards, no cycles, short modules.
 
-The layers, lowest first (README "Architecture"); a module may import its own layer or lower:
-0. foundation: errors, artifacts, config, lora_settings, data_settings, recipe, hardware, host_memory,
-   tokenizer_train, metrics, paths, console
-1. data/: load -> formats -> chat_template -> mask -> tokenization -> collate -> prepare
-2. model: model, lora, loss, training_args, generate
-3. training: trainer, checkpoints, signals, callbacks/, lock, resume, stream_state
-4. output: card, save, hub, export, summary
-5. runs: build, evaluation, train, chat
-6. cli (the one place allowed to import lazily, to keep `sft-recipe --help` fast)
+The layers are the folders of `sft_recipe/`, lowest first (README "Architecture"); a module may
+import its own layer or lower:
+0. errors, console, recipe/: what a recipe says, checked (pure data: no torch);
+1. data/: files -> rows in one internal form (formats/) -> tokens and masks -> batches;
+2. rundir/: a run's output directory: layout, lock, checkpoints, resume rules, best/ and its card;
+3. model/: loading, LoRA, the chunked loss kernel, generation;
+4. training/: TrainingArguments, the Trainer, its loss path, callbacks, signals;
+5. publish/: the hub, merged exports, the summary;
+6. commands/: build, train, evaluate, chat;
+7. cli (the one place allowed to import lazily, to keep `sft-recipe --help` fast).
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sft_recipe"
 LAYERS = {
-    0: ["errors", "artifacts", "recipe_keys", "config", "lora_settings", "data_settings", "recipe", "hardware", "host_memory",
-        "tokenizer_train", "metrics", "paths", "console"],
+    0: ["errors", "console", "recipe"],
     1: ["data"],
-    2: ["model", "lora", "loss", "training_args", "generate"],
-    3: ["trainer", "checkpoints", "signals", "callbacks", "lock", "resume", "stream_state"],
-    4: ["card", "save", "hub", "export", "summary"],
-    5: ["build", "evaluation", "train", "chat"],
-    6: ["cli", "__main__"],
+    2: ["rundir"],
+    3: ["model"],
+    4: ["training"],
+    5: ["publish"],
+    6: ["commands"],
+    7: ["cli", "__main__"],
 }
+MAX_TOP_LEVEL_MODULES = 8
 MAX_LINES = 300
 
 
@@ -123,3 +125,12 @@ def test_no_import_cycle():
     for node in sorted(graph):
         if node not in state:
             visit(node, [])
+
+
+def test_top_level_is_the_layers():
+    """`ls sft_recipe` shows the flow: a handful of modules, every other one inside a layer folder."""
+    modules = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(modules) <= MAX_TOP_LEVEL_MODULES, modules
+    folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    named = {n for names in LAYERS.values() for n in names}
+    assert set(folders) <= named, set(folders) - named

@@ -141,7 +141,7 @@ def test_empty_output_dir_on_the_command_line(cli):
 
 
 def test_bad_training_args_value_fails_before_tokenization(cli, monkeypatch):
-    import sft_recipe.train as train_module
+    import sft_recipe.commands.train as train_module
 
     monkeypatch.setattr(train_module, "prepare_data", lambda *a: pytest.fail("tokenized before checking"))
     code, _, line = cli("train", training_args={"adam_beta1": "high"})
@@ -151,7 +151,7 @@ def test_bad_training_args_value_fails_before_tokenization(cli, monkeypatch):
 
 
 def test_max_length_above_the_model_positions_fails_before_tokenization(cli, monkeypatch):
-    import sft_recipe.train as train_module
+    import sft_recipe.commands.train as train_module
 
     monkeypatch.setattr(train_module, "prepare_data", lambda *a: pytest.fail("tokenized before checking"))
     code, _, line = cli("train", max_length=1000)  # the tiny model has 256 positions

@@ -20,7 +20,7 @@ from conftest import (
 from test_checkpoints import wait_for
 from test_distributed import free_port, train_log
 
-from sft_recipe.checkpoints import last_complete_checkpoint
+from sft_recipe.rundir.checkpoints import last_complete_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -4,6 +4,6 @@
     prepare: the single call that runs the steps and returns exactly the rows training sees;
     mixture: a `datasets:` mixture's draw by weight; packing: `packing: bfd` bins.
 
-Modules here import only `sft_recipe.config`, `errors`, `tokenizer_train` and each other, never
+Modules here import only `sft_recipe.recipe.config`, `errors`, `tokenizer_train` and each other, never
 the model or training layers.
 """

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
-from ..tokenizer_train import train_bpe
+from .tokenizer_train import train_bpe
 from .prompts import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
 
 BUILTIN_PREFIX = "builtin:"

@@ -26,7 +26,7 @@ from transformers.utils.chat_template_utils import (
     _compile_jinja_template,  # the environment templates run in
 )
 
-from ..config import SFTConfig
+from ..recipe.config import SFTConfig
 from ..errors import DataError, RecipeError
 from .messages import normalise_messages
 

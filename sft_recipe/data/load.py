@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import datasets
 
-from ..config import SFTConfig
+from ..recipe.config import SFTConfig
 from ..errors import DataError, one_line
 from .builtin import is_builtin, materialise_dataset
 from .formats import OPTIONAL_STRING_COLUMNS, REQUIRED_COLUMNS

@@ -22,8 +22,8 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 
-from ..config import SFTConfig
-from ..data_settings import DataSource
+from ..recipe.config import SFTConfig
+from ..recipe.sources import DataSource
 
 ROW_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int64")),
                                   "labels": datasets.List(datasets.Value("int64"))})

@@ -17,7 +17,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ..config import SFTConfig
+from ..recipe.config import SFTConfig
 from ..console import interactive
 from ..errors import DataError
 from .builtin import is_builtin

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import datasets
 import torch
 
-from ..config import SFTConfig
+from ..recipe.config import SFTConfig
 from ..errors import UserError
 from .mixture import concat_or_none, source_config, uniform_rows
 from .stats import total_stats

@@ -14,7 +14,7 @@ from typing import Any
 import datasets
 from datasets.distributed import split_dataset_by_node
 
-from ..config import SFTConfig
+from ..recipe.config import SFTConfig
 from ..errors import DataError, one_line
 from .builtin import is_builtin, materialise_dataset
 from .formats import (

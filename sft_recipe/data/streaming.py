@@ -25,7 +25,7 @@ import datasets
 import torch
 from accelerate import PartialState
 
-from ..config import SFTConfig
+from ..recipe.config import SFTConfig
 from ..errors import DataError, UserError, one_line
 from .mask import Example
 from .stats import TokenStats

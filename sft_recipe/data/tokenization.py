@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import datasets
 
-from ..config import SFTConfig
+from ..recipe.config import SFTConfig
 from ..errors import DataError, RecipeError
 from .chat_template import end_of_turn_markers, require_template, template_name, template_notes
 from .chat_turns import encode_conversation

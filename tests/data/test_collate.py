@@ -14,11 +14,11 @@ from conftest import tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sft_recipe.config import SFTConfig
+from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.data.collate import PackingCollator, PaddingCollator, make_collator
 from sft_recipe.data.mask import IGNORE_INDEX
-from sft_recipe.trainer import SFTTrainer
-from sft_recipe.training_args import to_training_arguments
+from sft_recipe.training.trainer import SFTTrainer
+from sft_recipe.training.arguments import to_training_arguments
 
 VOCAB = 400
 

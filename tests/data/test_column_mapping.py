@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from conftest import write_jsonl
 
-from sft_recipe.config import SFTConfig
+from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.data.prepare import load_raw
 from sft_recipe.data.prompts import ALPACA_NO_INPUT
 from sft_recipe.errors import DataError, RecipeError
-from sft_recipe.recipe import build_config
+from sft_recipe.recipe.files import build_config
 
 
 def load(path, fmt="alpaca", **kw):

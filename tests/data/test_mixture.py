@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sft_recipe.data.mixture import draw_counts, draw_indices
 from sft_recipe.data.prepare import describe_stats, prepare_data
 from sft_recipe.errors import RecipeError
-from sft_recipe.recipe import build_config
+from sft_recipe.recipe.files import build_config
 
 CHAT = [{"role": "user", "content": "count: cat cat"}, {"role": "assistant", "content": "two"}]
 

@@ -11,7 +11,7 @@ from conftest import alpaca_rows, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sft_recipe.config import SFTConfig
+from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.data.mixture import source_config
 from sft_recipe.data.prepare import describe_stats, prepare_data
 from sft_recipe.data.stream_mixture import next_source

@@ -12,7 +12,7 @@ import pytest
 from conftest import alpaca_rows, make_toy_tokenizer, write_jsonl, write_recipe
 
 from sft_recipe.cli import main
-from sft_recipe.config import SFTConfig
+from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.data.prepare import load_raw
 from sft_recipe.data.stream_source import node_share, open_stream
 from sft_recipe.data.streaming import prepare_stream

@@ -8,9 +8,9 @@ import datasets
 import pytest
 from conftest import alpaca_rows, write_jsonl
 
-from sft_recipe.config import SFTConfig
+from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.data.prepare import prepare_data
-from sft_recipe.model import load_tokenizer
+from sft_recipe.model.load import load_tokenizer
 
 MAX_SHORT = 120  # the rows are 82..146 tokens long with this tokenizer: some get cut
 

@@ -1,0 +1,77 @@
+"""One builder for the model, its collator and the `SFTTrainer`, shared by `train` and `eval`, so
+both score rows with exactly the same batching and loss."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import set_seed
+
+from ..training.callbacks import build_callbacks, loggers_last
+from ..training.callbacks.progress import use_console
+from ..rundir.checkpoints import CheckpointCompleteCallback
+from ..recipe.config import SFTConfig
+from ..data.collate import make_collator
+from ..data.prepare import PreparedData, eval_rows_and_parts, sample_train_rows
+from ..model.lora import wrap_lora
+from ..model.load import load_model
+from ..training.signals import StopOnSignal
+from ..rundir.stream_state import StreamStateCallback
+from ..training.trainer import SFTTrainer
+from ..training.arguments import loss_chunk_size
+
+log = logging.getLogger("sft_recipe")
+
+
+def collator_for(config: SFTConfig, model, tokenizer):
+    """Padding or packing, as the recipe says; flash-attention gets the varlen kwargs for packing."""
+    flash = getattr(model.config, "_attn_implementation", None) == "flash_attention_2"
+    return make_collator(config.packing, tokenizer.pad_token_id, config.pad_to_multiple_of, flash_attention=flash)
+
+
+def build_eval_trainer(config: SFTConfig, args, model, tokenizer, eval_rows: Any,
+                       eval_parts: dict[str, Any] | None = None) -> SFTTrainer:
+    """A trainer that only evaluates `model` (already loaded) on `eval_rows` (and a mixture's `eval_parts`)."""
+    trainer = SFTTrainer(model=model, args=args, eval_dataset=eval_rows,
+                         data_collator=collator_for(config, model, tokenizer), processing_class=tokenizer,
+                         loss_chunk_size=loss_chunk_size(config), eval_parts=eval_parts)
+    use_console(trainer)
+    return trainer
+
+
+def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
+                  new_token_ids: Sequence[int] = ()) -> tuple[SFTTrainer, StopOnSignal]:
+    """The model (seeded first: from-scratch weights must not depend on what ran before), its
+    collator, the evaluation rows and the callbacks, as one `SFTTrainer`; and the signal handler.
+    `new_token_ids`: tokens the chat template added, initialised by `model.load_model`."""
+    set_seed(config.seed)
+    model = load_model(config, tokenizer, new_token_ids)
+    if config.lora is not None:
+        model = wrap_lora(model, config.lora)
+    checkpointing_supported(model, args)
+    # Evaluation rows, and for the train/valid loss (train_sample_loss) as many fixed training rows
+    eval_rows, eval_parts = eval_rows_and_parts(data, config.max_eval_samples, config.seed)
+    train_sample = sample_train_rows(data.train, len(eval_rows), config.seed) \
+        if config.resolved_eval_train_sample and not config.streaming else None
+    streamed = [StreamStateCallback(data.train)] if config.streaming else []  # before the completion marker
+    stop = StopOnSignal()  # SIGTERM / Ctrl-C: save at the next step end, then exit non-zero
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=data.train, eval_dataset=eval_rows,
+        data_collator=collator_for(config, model, tokenizer), processing_class=tokenizer,
+        callbacks=[*build_callbacks(config, tokenizer, data), *streamed, CheckpointCompleteCallback(config), stop],
+        loss_chunk_size=loss_chunk_size(config), train_sample=train_sample, recipe=config, eval_parts=eval_parts,
+    )
+    use_console(trainer)  # one live bar or plain lines, one line per evaluation; no raw dicts
+    loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
+    return trainer, stop
+
+
+def checkpointing_supported(model, args) -> bool:
+    """Gradient checkpointing is on by default on a GPU; a model that cannot do it trains without
+    it (the Trainer would raise), with one log line saying so."""
+    if args.activation_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
+        log.info("%s does not support gradient checkpointing; training without it", type(model).__name__)
+        args.activation_checkpointing = args.gradient_checkpointing = False
+    return bool(args.activation_checkpointing)

@@ -1,0 +1,225 @@
+"""The trainable-token loss, in pure torch: no Trainer, no datasets.
+
+A causal LM's own loss projects *every* position onto the vocabulary, including the prompt and
+the padding, then throws most of it away. With a 50k vocabulary and half of each row masked,
+that projection is most of the step. `trainable_token_loss`:
+
+1. runs the decoder through the (possibly DDP-wrapped) model with `logits_to_keep=1`, so the
+   model's own head computes one position, and captures the final hidden states with a forward
+   hook on the decoder;
+2. gathers the hidden states whose *next* token is trainable (the shift the model would do);
+3. projects them in chunks with a fused linear + cross-entropy that computes the gradients of
+   each chunk immediately, so `[tokens, vocab]` logits never exist at once.
+
+It returns the *sum* over trainable tokens; the caller (`trainer.SFTTrainer`) divides by the
+trainable-token count of the whole optimizer step.
+
+Under sharded training (FSDP2, ZeRO-3) the head's weight only exists whole *during the head's own
+forward*: after it, FSDP2 holds a DTensor shard (`F.linear` of a tensor with it raises "mixed
+torch.Tensor and DTensor") and ZeRO-3 an empty placeholder. `head_trainable_token_loss` therefore
+computes the same chunked loss inside the head's forward (`loss_inside_head`) and returns it as the
+head's output, so backward also passes the wrapper's output hooks that re-gather parameters. The
+post-forward path stays for unsharded models: it is what single-process and DDP runs have always
+used. Models whose head is not a plain `nn.Linear`, or that post-process logits (soft-capping,
+scaling), are refused by `decoder_and_head` and use the model's own loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..data.mask import IGNORE_INDEX
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """sum(cross_entropy(hidden @ weight.T + bias, targets)), chunk by chunk.
+
+    Gradients are computed in the forward pass (softmax - one_hot is known there), so backward
+    only scales them: memory is one chunk of logits, compute is the same three matmuls as usual.
+    Logits are upcast to fp32 like the transformers loss. Returns (loss_sum, correct_count);
+    the count (next-token accuracy) is only computed without gradients, i.e. in evaluation.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, chunk_size: int):
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if needs_grad else None
+        # The head gradient accumulates in fp32 (bf16 sums over thousands of tokens lose the small
+        # contributions). The first chunk's product creates it, so there is no weight-sized zero
+        # fill; a frozen head (LoRA) needs neither the buffer nor the matmul that fills it.
+        grad_weight: torch.Tensor | None = None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if ctx.needs_input_grad[2] else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start:start + chunk_size]
+            t = targets[start:start + chunk_size]
+            logits = nn.functional.linear(h, weight, bias).float()  # no copy when already fp32
+            target_logits = logits.gather(1, t[:, None]).squeeze(1)
+            if not needs_grad:  # accuracy is an eval metric; training skips the extra pass
+                correct += (logits.argmax(dim=-1) == t).sum()
+            # log-sum-exp and softmax in place, in the one chunk-sized buffer (torch.logsumexp
+            # would allocate a second one): probs = exp(logits - max) / sum.
+            maxes = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(maxes).exp_()
+            sums = probs.sum(dim=-1, keepdim=True)
+            loss += (maxes.squeeze(1) + sums.squeeze(1).log() - target_logits).sum()
+            if needs_grad:
+                probs.div_(sums)
+                probs[torch.arange(len(t), device=t.device), t] -= 1.0  # d(loss)/d(logits)
+                grad_hidden[start:start + chunk_size] = (probs.to(weight.dtype) @ weight).to(h.dtype)
+                if ctx.needs_input_grad[1]:
+                    grad_weight = accumulate_matmul(grad_weight, probs.T, h)
+                if grad_bias is not None:
+                    grad_bias += probs.sum(0)
+            # Free this chunk's logits before the next chunk allocates its own: one chunk-sized
+            # buffer alive at a time, and the allocator can hand the same block straight back.
+            del logits, probs
+        if grad_weight is None and ctx.needs_input_grad[1]:  # no trainable token; DDP still waits for a gradient
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        ctx.weight_dtype = weight.dtype
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.mark_non_differentiable(correct)
+        return loss, correct
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor, _grad_correct: torch.Tensor):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = grad_loss.float()
+        # In place: the buffers are ours and used once, so no second weight-sized copy.
+        return (
+            grad_hidden.mul_(scale.to(grad_hidden.dtype)) if grad_hidden is not None else None,
+            grad_weight.mul_(scale).to(ctx.weight_dtype) if grad_weight is not None else None,
+            grad_bias.mul_(scale) if grad_bias is not None else None,
+            None,
+            None,
+        )
+
+
+def accumulate_matmul(out: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """out + a @ b in fp32, in place (`out` None: a new fp32 tensor). In fp32 (CPU) `addmm_` writes
+    into `out` with no weight-sized temporary; under GPU autocast the product runs in bf16/fp16
+    like the model's other matmuls (an in-place `addmm_` is not autocast and would fall back to fp32)."""
+    device = a.device.type
+    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != torch.float32:
+        dtype = torch.get_autocast_dtype(device)
+        product = a.to(dtype) @ b.to(dtype)
+        return product.float() if out is None else out.add_(product)
+    if out is None:
+        return a.float() @ b.float()
+    return out.addmm_(a, b.to(out.dtype))
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """The decoder stack and LM head of a plain causal LM, or None if the fast loss can't apply."""
+    inner = model
+    if hasattr(inner, "get_base_model"):  # peft
+        inner = inner.get_base_model()
+    config = getattr(inner, "config", None)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    decoder = getattr(inner, "base_model", None)
+    if config is None or type(head) is not nn.Linear or decoder is None or decoder is inner:
+        return None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) \
+            or getattr(config, "logits_scaling", None):
+        return None
+    if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
+        return None
+    return decoder, head
+
+
+def trainable_token_loss(model: nn.Module, parts: tuple[nn.Module, nn.Linear], inputs: dict[str, torch.Tensor],
+                         chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(loss sum, correct next-token count, trainable-token count) of one micro-batch; see the
+    module docstring. `parts` is `decoder_and_head(model)`."""
+    decoder, head = parts
+    labels = inputs["labels"]
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(_module, _args, output):
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = decoder.register_forward_hook(grab)
+    try:
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        model(**model_inputs, logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
+    hidden = captured["hidden"]
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    selected = hidden[:, :-1][keep]
+    weight, bias = head.weight, head.bias
+    if not torch.is_grad_enabled():
+        # Evaluation: `needs_input_grad` follows requires_grad, not the grad mode, so detach
+        # to skip the gradient buffers (and have the accuracy counted).
+        selected, weight = selected.detach(), weight.detach()
+        bias = bias.detach() if bias is not None else None
+    loss_sum, correct = ChunkedLinearCrossEntropy.apply(selected, weight, bias, targets[keep], chunk_size)
+    return loss_sum, correct, int(keep.sum())
+
+
+@contextlib.contextmanager
+def loss_inside_head(head: nn.Module, labels: torch.Tensor, chunk_size: int) -> Iterator[dict[str, Any]]:
+    """While active, `head(hidden)` (hidden `[batch, seq, dim]`) returns the chunked shifted
+    cross-entropy SUM over trainable positions, shaped `[1, 1, 1]`, computed with the weight as the
+    head sees it inside its forward (gathered by FSDP2 / ZeRO-3). Yields a dict that receives
+    `correct` (counted without grad) and `count` (local trainable tokens).
+
+    Returned as the head's output (not stashed aside) because the sharding wrappers re-gather a unit's
+    parameters for backward from hooks on its forward outputs: a loss that bypassed them left a unit
+    resharded after forward without its parameters in backward (a segfault, measured on gloo).
+    The instance attribute shadows the class's `forward`; `nn.Module.__call__`, and with it the
+    wrappers' pre/post-forward hooks, still runs around it."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    selected_targets = targets[keep]
+    result: dict[str, Any] = {"count": int(keep.sum())}
+    previous = head.__dict__.get("forward")
+
+    def forward(hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if "called" in result:
+            raise RuntimeError("the head was called twice inside loss_inside_head")
+        result["called"] = True
+        if hidden.shape[1] != labels.shape[1]:
+            raise RuntimeError(f"the head got {hidden.shape[1]} positions, the labels have {labels.shape[1]}: "
+                               "call the model with logits_to_keep=0")
+        weight, bias = head.weight, getattr(head, "bias", None)
+        selected = hidden[:, :-1][keep]
+        if not torch.is_grad_enabled():  # evaluation: no gradient buffers, accuracy counted
+            selected, weight = selected.detach(), weight.detach()
+            bias = bias.detach() if bias is not None else None
+        loss_sum, correct = ChunkedLinearCrossEntropy.apply(selected, weight, bias, selected_targets, chunk_size)
+        result["correct"] = correct
+        return loss_sum.reshape(1, 1, 1).clone()  # a fresh tensor: FSDP2 hooks no views
+
+    head.forward = forward
+    try:
+        yield result
+    finally:
+        if previous is not None:
+            head.forward = previous
+        else:
+            del head.forward
+
+
+def head_trainable_token_loss(model: nn.Module, head: nn.Module, inputs: dict[str, torch.Tensor],
+                              chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """`trainable_token_loss` computed inside `head`'s forward: correct under FSDP2 and ZeRO-3, where
+    the head's weight is sharded outside it. Same return value; `model` may be wrapped."""
+    labels = inputs["labels"]
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    with loss_inside_head(head, labels, chunk_size) as result:
+        output = model(**model_inputs, logits_to_keep=0, use_cache=False)
+    if "called" not in result:
+        raise RuntimeError("the model never called its output embeddings")
+    packed = output.logits if hasattr(output, "logits") else output[0]
+    if packed.numel() != 1:
+        raise RuntimeError(f"the model post-processed its head output into shape {tuple(packed.shape)}")
+    return packed.sum(), result["correct"], result["count"]  # the sum of one element: exact, not a view

@@ -1,0 +1,124 @@
+"""`SFTConfig` -> `transformers.TrainingArguments`, field by field.
+
+The recipe owns the fields in `recipe_keys.MAPPED_TRAINING_ARGS` (a recipe that also sets one in
+`training_args` is refused); everything else in `training_args` passes through unchanged. Building
+the arguments also initialises the (possibly distributed) state, so it is the first step of a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from ..recipe.config import SFTConfig
+from ..recipe.keys import MAPPED_TRAINING_ARGS
+from ..errors import RecipeError, one_line
+from ..model.hardware import default_loss_chunk_size, resolve_precision
+from ..recipe.files import coerce, describe
+
+
+def loss_chunk_size(config: SFTConfig) -> int:
+    """The recipe's `loss_chunk_size`, or the machine's default (`hardware.default_loss_chunk_size`)."""
+    return config.loss_chunk_size if config.loss_chunk_size is not None else default_loss_chunk_size()
+
+
+def to_training_arguments(config: SFTConfig, **overrides: Any):
+    """Map the recipe onto `TrainingArguments`, field by field; `overrides` win (used by tests)."""
+    precision = resolve_precision(config.precision)
+    on_gpu = torch.cuda.is_available()
+    # On a GPU activations are what limit batch and length, and the recompute is matmuls it runs
+    # fast; on the CPU the models are small and the recompute costs more than it saves
+    # (measured in benchmarks/README.md).
+    checkpointing = on_gpu if config.gradient_checkpointing is None else config.gradient_checkpointing
+
+    mapped: dict[str, Any] = dict(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size or config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler_type,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        eval_strategy="steps",
+        eval_steps=config.eval_steps,
+        eval_on_start=config.eval_on_start,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        report_to=list(config.report_to) or "none",
+        # Length grouping only pays on the padded path; packed batches carry no padding.
+        # Text blocks all have the same length: grouping would only cost a pass over the dataset.
+        train_sampling_strategy="group_by_length"
+        if config.group_by_length and not config.packing and config.dataset_format != "text" else "random",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        torch_compile=config.torch_compile,
+        # transformers' new name for gradient checkpointing. Non-reentrant: works with frozen inputs
+        # (LoRA) and replays dropout's random state on recompute.
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        # Our columns are exactly what the model and loss need ("length" is dropped by the collator).
+        remove_unused_columns=False,
+        # A KV cache during training lets packed rows attend to each other: never on.
+        use_cache=False,
+        # Normalize the loss by trainable tokens summed over all devices, not averaged per device.
+        average_tokens_across_devices=True,
+        include_num_input_tokens_seen="non_padding",
+        # TF32 matmuls and pinned host memory only mean something on a GPU.
+        tf32=True if on_gpu and torch.cuda.get_device_capability()[0] >= 8 else None,
+        # One kernel per parameter group on CPU and GPU: no parameter-sized temporaries per step.
+        optim="adamw_torch_fused",
+        dataloader_pin_memory=on_gpu,
+        # Say CPU explicitly when there is no accelerator, so that bf16 on CPU is accepted.
+        use_cpu=not on_gpu and not torch.backends.mps.is_available(),
+        # The Trainer's own bars and printers print raw dicts; callbacks/console.py draws the one bar.
+        disable_tqdm=True,
+        # Log a NaN/Inf loss as it is (the Trainer would hide it) so the nan_guard callback can stop.
+        logging_nan_inf_filter=False,
+        # A stream resumes from the position saved in the checkpoint (`stream_state.py`), not by
+        # reading and dropping the batches already trained on.
+        ignore_data_skip=config.streaming,
+    )
+    assert set(mapped) == MAPPED_TRAINING_ARGS, set(mapped) ^ MAPPED_TRAINING_ARGS
+    mapped.update(check_pass_through(config.training_args))
+    mapped.update(overrides)
+    try:
+        return TrainingArguments(**mapped)
+    except (TypeError, ValueError, ImportError) as exc:  # e.g. a combination the Trainer refuses
+        raise RecipeError(f"training arguments rejected: {one_line(exc)}") from None
+
+
+def check_pass_through(values: dict[str, Any]) -> dict[str, Any]:
+    """`training_args` keys must be `TrainingArguments` fields and their values of the field's type,
+    so a typo or `adam_beta1: high` fails now, not at the first optimizer step after tokenization."""
+    checked = {}
+    for key, value in values.items():
+        if key not in _TA_HINTS:
+            close = difflib.get_close_matches(str(key), _TA_HINTS, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RecipeError(f"recipe key 'training_args': unknown TrainingArguments field '{key}'{hint}")
+        ok, result = coerce(value, _TA_HINTS[key])
+        if not ok:
+            raise RecipeError(f"recipe key 'training_args.{key}' expects {describe(_TA_HINTS[key])}, got "
+                              f"{value!r} ({type(value).__name__})")
+        checked[key] = result
+    return checked
+
+
+_TA_HINTS = {f.name: typing.get_type_hints(TrainingArguments).get(f.name, Any)
+             for f in dataclasses.fields(TrainingArguments) if f.init}

@@ -1,0 +1,178 @@
+"""`SFTTrainer`: a thin `transformers.Trainer` whose loss only looks at trainable tokens.
+
+What it overrides, and why:
+- `compute_loss`: the chunked trainable-token loss of `loss.py` (the model's own loss when
+  `loss_chunk_size` is 0 or the model is not a plain causal LM), divided by `num_items_in_batch`,
+  the trainable-token count of the whole optimizer step across accumulation steps and devices
+  (the Trainer gathers it), so batch 8 x accumulation 1 and batch 2 x accumulation 4 give the
+  same loss and gradients. Under DDP it is multiplied by the number of processes, which DDP's
+  gradient averaging divides back out.
+  Under FSDP or ZeRO-3 the loss is computed inside the head's forward (`loss.head_trainable_token_loss`),
+  where the sharding wrapper has gathered the head's weight; FSDP2 averages gradients like DDP.
+- `get_batch_samples` and `log`: a running count of trainable tokens, logged as
+  `trainable_tokens_seen` for the throughput callback.
+- `evaluation_loop`: eval loss as the mean over every held-out trainable token on all processes
+  (not the Trainer's average of per-batch means), plus perplexity and next-token accuracy, and the
+  same figures for a fixed training sample (`train_sample_*`) and, for a mixture, per source
+  (`eval_<name>_loss`: one more pass over each source's held-out rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.data_loader import prepare_data_loader
+from torch.utils.data import DataLoader
+from transformers import Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
+
+from ..rundir.layout import CHECKPOINT_PREFIX
+from ..rundir.checkpoints import saving
+from ..model.chunked_loss import decoder_and_head, head_trainable_token_loss, trainable_token_loss
+
+log = logging.getLogger("sft_recipe")
+
+
+def tied_parameter_names(model) -> set[str]:
+    """Names of parameters that share their tensor with another parameter (tied weights)."""
+    by_tensor: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(param), []).append(name)
+    return {n for names in by_tensor.values() if len(names) > 1 for n in names}
+
+
+class SFTTrainer(Trainer):
+    """Trainer with the trainable-token loss; `loss_chunk_size=0` keeps the model's own loss."""
+
+    def __init__(self, *args: Any, loss_chunk_size: int = 1024, train_sample: Any = None, recipe: Any = None,
+                 eval_parts: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recipe = recipe  # the SFTConfig, for save-failure messages
+        self.eval_parts = eval_parts  # a mixture's held-out rows per source: eval_<name>_loss
+        self.loss_chunk_size = loss_chunk_size
+        # Count trainable tokens as `labels[:, 1:]`, as both losses here shift: the Trainer decides from
+        # the model's `loss_type`, which GPT-2 leaves unset, and would then count one token too many
+        # per row of raw text (a loss 1/max_length too low).
+        self._loss_shifts_labels = True
+        self.train_sample = train_sample  # fixed training rows scored at every eval (train_sample_loss)
+        self._loss_only = False  # set per evaluation: no logits wanted, so the chunked loss applies
+        self._parts = decoder_and_head(self.model) if loss_chunk_size else None
+        # Sharded parameters exist whole only inside their module's forward: compute the loss there.
+        self._sharded = bool(self.is_fsdp_enabled or is_deepspeed_zero3_enabled())
+        if self._sharded and loss_chunk_size and self._parts is None:
+            log.info("sharded training: %s has no plain linear head for the trainable-token loss; using the "
+                     "model's own loss", type(self.model).__name__)
+        if self._parts is not None:
+            # We normalise by `num_items_in_batch` ourselves, so ask the Trainer to count it.
+            self.model_accepts_loss_kwargs = True
+        self.eval_loss_sum = 0.0
+        self.eval_correct = 0
+        self.eval_targets = 0
+        self.trainable_tokens_seen: torch.Tensor | int = 0  # all processes, this session; see `log`
+
+    def get_train_dataloader(self):
+        """A stream (`data/streaming.py`) is already this process's share, read in order with its position
+        tracked: no accelerate sharding or dispatching, no worker processes (whose reads it could not see)."""
+        if not isinstance(self.train_dataset, torch.utils.data.IterableDataset):
+            return super().get_train_dataloader()
+        loader = DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+                            num_workers=0, pin_memory=self.args.dataloader_pin_memory)
+        return prepare_data_loader(loader, self.args.device, num_processes=1, process_index=0, put_on_device=True,
+                                   dispatch_batches=False)
+
+    def _save_checkpoint(self, model, trial):
+        """Whatever a save raises becomes one line naming the checkpoint (see `checkpoints.saving`)."""
+        checkpoint = Path(self.args.output_dir) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        with saving(checkpoint, self.recipe if self.recipe is not None else self.args):
+            super()._save_checkpoint(model, trial)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Loading the best checkpoint back: tied weights (the LM head shares the embeddings) are not
+        saved, so they are "missing" by design; warn only about keys that are really missing."""
+        tied = tied_parameter_names(self.model)
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        if len(missing) != len(load_result.missing_keys):
+            self.model.tie_weights()
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing)
+                                           if hasattr(load_result, "_replace") else load_result)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer counts each optimizer step's trainable tokens (over all processes) to normalise
+        the loss; keep a running sum for the throughput logs (a tensor: no device sync per step)."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if num_items_in_batch is not None:
+            self.trainable_tokens_seen += torch.as_tensor(num_items_in_batch).reshape(-1)[0].detach()
+        return batch_samples, num_items_in_batch
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Training logs also carry `trainable_tokens_seen`, next to the Trainer's `num_input_tokens_seen`."""
+        if "loss" in logs:
+            logs["trainable_tokens_seen"] = int(self.trainable_tokens_seen)
+        super().log(logs, start_time)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._parts is None or (return_outputs and not self._loss_only):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss_sum, correct, count = self.trainable_token_loss(model, inputs)
+        denominator = num_items_in_batch if num_items_in_batch is not None else count
+        loss = loss_sum / torch.clamp(torch.as_tensor(denominator, device=loss_sum.device), min=1)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # DDP averages gradients over processes; the token count is already global.
+            loss = loss * self.accelerator.num_processes
+        if not model.training:
+            self.eval_loss_sum += float(loss_sum)
+            self.eval_correct += int(correct)
+            self.eval_targets += int(count)
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def trainable_token_loss(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if self._sharded:
+            return head_trainable_token_loss(model, self._parts[1], inputs, self.loss_chunk_size)  # type: ignore[index]
+        return trainable_token_loss(model, self._parts, inputs, self.loss_chunk_size)  # type: ignore[arg-type]
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix: str = "eval"):
+        """Adds perplexity and next-token accuracy on trainable tokens to the eval metrics
+        (before they are logged, so every logger and callback sees them), and the same metrics for
+        `train_sample` as `train_sample_*`: `eval_loss` stays the validation loss that picks the
+        best checkpoint."""
+        output = self.scored_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        extra = [(f"eval_{name}", rows) for name, rows in (self.eval_parts or {}).items()] \
+            if metric_key_prefix == "eval" else []
+        if metric_key_prefix == "eval" and self.train_sample is not None:
+            extra.append(("train_sample", self.train_sample))
+        for prefix, rows in extra:
+            part = self.scored_loop(self.get_eval_dataloader(rows), prefix, True, ignore_keys, prefix)
+            output.metrics.update({k: v for k, v in part.metrics.items() if "preparation_time" not in k})
+        if extra:
+            self.callback_handler.eval_dataloader = dataloader
+        return output
+
+    def scored_loop(self, dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix: str):
+        """One `Trainer.evaluation_loop` plus perplexity and token accuracy. Without compute_metrics
+        the Trainer wants the loss only, so `compute_loss` can skip the full logits."""
+        self.eval_loss_sum, self.eval_correct, self.eval_targets = 0.0, 0, 0
+        loss_only = self.args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
+        self._loss_only = loss_only
+        try:
+            output = super().evaluation_loop(dataloader, description, loss_only, ignore_keys, metric_key_prefix)
+        finally:
+            self._loss_only = False
+        prefix = metric_key_prefix
+        counts = torch.tensor([self.eval_loss_sum, self.eval_correct, self.eval_targets],
+                              dtype=torch.float64, device=self.args.device)
+        loss_sum, correct, targets = self.accelerator.gather(counts[None]).sum(0).tolist()
+        if targets:
+            # The mean over every trainable token of the split, on all processes together. The
+            # Trainer's own figure averages per-batch means, which depends on how rows fall into
+            # batches and onto processes.
+            output.metrics[f"{prefix}_loss"] = loss_sum / targets
+            output.metrics[f"{prefix}_token_accuracy"] = correct / targets
+        loss = output.metrics.get(f"{prefix}_loss")
+        if loss is not None:
+            output.metrics[f"{prefix}_perplexity"] = math.exp(min(loss, 50.0))
+        return output
