@@ -23,7 +23,7 @@ from transformers.utils import logging as hf_logging
 from sft_recipe.data.chat_template import end_of_turn_markers, stop_token_ids
 from sft_recipe.data.chat_turns import encode_conversation
 from sft_recipe.data.mask import IGNORE_INDEX
-from sft_recipe.data.messages import normalise_messages
+from sft_recipe.formats.conversation import normalise_messages
 from sft_recipe.errors import UserError
 
 hf_logging.set_verbosity_error()

@@ -14,7 +14,7 @@ import torch
 
 from sft_recipe.data.builtin import TASKS, as_conversation, make_rows
 from sft_recipe.data.chat_template import chat_prompt, stop_token_ids
-from sft_recipe.data.prompts import format_prompt
+from sft_recipe.formats.alpaca import alpaca_prompt
 from sft_recipe.model.generate import generate_answers
 from sft_recipe.commands.metrics import normalise_answer
 from sft_recipe.model.load import load_for_inference
@@ -34,7 +34,7 @@ if tok.chat_template:  # the demo's `builtin:tasks-chat`: the rows as one-turn c
     answers = generate_answers(model, tok, prompts, max_new_tokens=16, stop_token_ids=stop_token_ids(tok),
                                add_special_tokens=False)
 else:
-    answers = generate_answers(model, tok, [format_prompt("alpaca", r["instruction"], r["input"]) for _, r in val],
+    answers = generate_answers(model, tok, [alpaca_prompt(r["instruction"], r["input"]) for _, r in val],
                                max_new_tokens=16)
 per = collections.defaultdict(lambda: [0, 0])
 for (name, r), a in zip(val, answers):

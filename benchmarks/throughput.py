@@ -56,7 +56,7 @@ def baseline_rows(args, tokenizer) -> list[dict]:
     labels -100 on the prompt, cut at max_length. Same split and same masking as the recipe."""
     import datasets
 
-    from sft_recipe.data.prompts import alpaca_prompt
+    from sft_recipe.formats.alpaca import alpaca_prompt
 
     raw = datasets.load_dataset("json", data_files=args.jsonl, split="train")
     train = raw.train_test_split(test_size=EVAL_ROWS / len(raw), seed=SEED)["train"]

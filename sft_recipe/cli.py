@@ -91,7 +91,7 @@ def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     from .commands.chat import read_tools
     from .data.chat_template import chat_prompt, stop_token_ids
-    from .data.prompts import format_prompt
+    from .formats import Form, get_format
     from .model.generate import generate_answers
     from .model.load import load_for_inference
     from .rundir.layout import read_saved_recipe
@@ -103,20 +103,22 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     tools = read_tools(args.tools)
     model, tokenizer = load_for_inference(args.model_dir)
     recipe = read_saved_recipe(args.model_dir)
-    dataset_format = "text" if args.raw else recipe.get("dataset_format", "text")
-    if tools and dataset_format != "messages":
+    # A model without a saved recipe (a plain hub or save_pretrained model) continues raw text.
+    fmt = None if args.raw or "dataset_format" not in recipe else get_format(recipe["dataset_format"])
+    chat = fmt is not None and fmt.form is Form.CHAT
+    if tools and not chat:
         raise UserError(f"--tools: {args.model_dir} was not trained on chat data (dataset_format "
-                        f"{dataset_format}); tools are rendered by a chat template")
-    if dataset_format == "messages":
+                        f"{fmt.name if fmt else 'text'}); tools are rendered by a chat template")
+    if chat:
         kwargs = recipe.get("chat_template_kwargs") or {}
         content = args.text + (f"\n{args.input}" if args.input else "")  # as builtin:tasks-chat writes it
         prompt = chat_prompt(tokenizer, [{"role": "user", "content": content}], tools, kwargs)
         stops = stop_token_ids(tokenizer, kwargs)
     else:
-        prompt, stops = format_prompt(dataset_format, args.text, args.input), None
+        prompt, stops = (fmt.prompt(args.text, args.input) if fmt else args.text), None
     (answer,) = generate_answers(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
                                  temperature=args.temperature, top_p=args.top_p, stop_token_ids=stops,
-                                 add_special_tokens=dataset_format != "messages")  # the template has BOS
+                                 add_special_tokens=not chat)  # the template has BOS
     print(args.text + answer if args.raw else answer)
     return 0
 

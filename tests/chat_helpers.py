@@ -11,7 +11,7 @@ from conftest import make_toy_tokenizer
 
 from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.data.chat_template import TEMPLATE_DIR, setup_chat_template
-from sft_recipe.data.formats import validate_conversations
+from sft_recipe.formats.messages import validate_conversations
 from sft_recipe.data.mask import IGNORE_INDEX
 from sft_recipe.data.tokenization import tokenize_messages
 

@@ -63,7 +63,7 @@ def toy_tokenizer():
 def bpe_tokenizer_dir(tmp_path_factory) -> Path:
     """A 400-token byte-level BPE trained in-process by sft_recipe's own trainer."""
     from sft_recipe.data.builtin import make_rows
-    from sft_recipe.data.prompts import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
+    from sft_recipe.formats.alpaca import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
     from sft_recipe.data.tokenizer_train import train_bpe
 
     out = tmp_path_factory.mktemp("bpe")

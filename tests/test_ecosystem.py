@@ -120,7 +120,7 @@ def test_wandb_card_hub_generate_and_eval_end_to_end(tmp_path, alpaca_file, bpe_
     # generate and eval answer from best/
     capsys.readouterr()
     assert main(["generate", str(best), "What is 2 plus 3?", "--max_new_tokens", "4"]) == 0
-    from sft_recipe.data.prompts import alpaca_prompt
+    from sft_recipe.formats.alpaca import alpaca_prompt
     from sft_recipe.model.generate import generate_answers
     from sft_recipe.model.load import load_for_inference
 

@@ -2,14 +2,16 @@
 
 The layers are the folders of `sft_recipe/`, lowest first (README "Architecture"); a module may
 import its own layer or lower:
-0. errors, console, recipe/: what a recipe says, checked (pure data: no torch);
-1. data/: files -> rows in one internal form (formats/) -> tokens and masks -> batches;
-2. rundir/: a run's output directory: layout, lock, checkpoints, resume rules, best/ and its card;
-3. model/: loading, LoRA, the chunked loss kernel, generation;
-4. training/: TrainingArguments, the Trainer, its loss path, callbacks, signals;
-5. publish/: the hub, merged exports, the summary;
-6. commands/: build, train, evaluate, chat;
-7. cli (the one place allowed to import lazily, to keep `sft-recipe --help` fast).
+0. errors, console;
+1. formats/: each data format an adapter onto one internal form (pure Python over rows);
+2. recipe/: what a recipe says, checked (pure data: no torch);
+3. data/: files -> rows in one internal form (formats/) -> tokens and masks -> batches;
+4. rundir/: a run's output directory: layout, lock, checkpoints, resume rules, best/ and its card;
+5. model/: loading, LoRA, the chunked loss kernel, generation;
+6. training/: TrainingArguments, the Trainer, its loss path, callbacks, signals;
+7. publish/: the hub, merged exports, the summary;
+8. commands/: build, train, evaluate, chat;
+9. cli (the one place allowed to import lazily, to keep `sft-recipe --help` fast).
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sft_recipe"
 LAYERS = {
-    0: ["errors", "console", "recipe"],
-    1: ["data"],
-    2: ["rundir"],
-    3: ["model"],
-    4: ["training"],
-    5: ["publish"],
-    6: ["commands"],
-    7: ["cli", "__main__"],
+    0: ["errors", "console"],
+    1: ["formats"],
+    2: ["recipe"],
+    3: ["data"],
+    4: ["rundir"],
+    5: ["model"],
+    6: ["training"],
+    7: ["publish"],
+    8: ["commands"],
+    9: ["cli", "__main__"],
 }
 MAX_TOP_LEVEL_MODULES = 8
 MAX_LINES = 300

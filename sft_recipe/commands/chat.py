@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..data.chat_template import chat_prompt, stop_token_ids
-from ..data.messages import normalise_messages
+from ..formats.conversation import normalise_messages
 from ..errors import UserError
 from ..model.generate import generate_answers
 

@@ -17,7 +17,7 @@ from .build import build_eval_trainer
 from ..recipe.config import SFTConfig
 from ..data.chat_template import last_turn_prompts
 from ..data.prepare import PreparedData, describe_stats, prepare_data
-from ..data.prompts import short_prompt
+from ..formats.alpaca import short_prompt
 from ..model.generate import generate_answers
 from .metrics import normalise_answer, score_generations
 from ..model.load import load_for_inference

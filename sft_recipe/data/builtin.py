@@ -20,7 +20,7 @@ from typing import Callable
 
 from ..errors import UserError
 from .tokenizer_train import train_bpe
-from .prompts import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
+from ..formats.alpaca import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
 
 BUILTIN_PREFIX = "builtin:"
 

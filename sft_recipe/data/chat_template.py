@@ -28,7 +28,7 @@ from transformers.utils.chat_template_utils import (
 
 from ..recipe.config import SFTConfig
 from ..errors import DataError, RecipeError
-from .messages import normalise_messages
+from ..formats.conversation import normalise_messages
 
 log = logging.getLogger(__name__)
 

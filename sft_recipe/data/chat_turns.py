@@ -47,7 +47,7 @@ from .chat_template import (
     template_source,
 )
 from .mask import span_labels
-from .messages import normalise_messages
+from ..formats.conversation import normalise_messages
 
 TRAIN_ON = ("all_assistant", "last_assistant")
 _GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")

@@ -17,8 +17,8 @@ import datasets
 
 from ..recipe.config import SFTConfig
 from ..errors import DataError, one_line
+from ..formats import get_format
 from .builtin import is_builtin, materialise_dataset
-from .formats import OPTIONAL_STRING_COLUMNS, REQUIRED_COLUMNS
 
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
@@ -147,12 +147,11 @@ def iter_json_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 def diagnose_json(path: Path, dataset_format: str) -> None:
     """Re-read a JSON file that `datasets` rejected and raise the first concrete problem."""
-    required = REQUIRED_COLUMNS[dataset_format]
+    adapter = get_format(dataset_format)
     for where, row in iter_json_rows(path):
         if not isinstance(row, dict):
             raise DataError(f"{path}: {where}: expected a JSON object, got {type(row).__name__}")
-        for key in required + OPTIONAL_STRING_COLUMNS.get(dataset_format, ()):
-            if key in row and row[key] is not None and dataset_format != "messages" \
-                    and not isinstance(row[key], str):
+        for key in adapter.string_columns:
+            if key in row and row[key] is not None and not isinstance(row[key], str):
                 raise DataError(f"{path}: {where}: key '{key}' must be a string, got "
                                 f"{type(row[key]).__name__}")

@@ -19,9 +19,9 @@ import numpy as np
 
 from ..recipe.config import SFTConfig
 from ..console import interactive
+from ..formats import Form, describe_mapping, map_columns, normalise
 from ..errors import DataError
 from .builtin import is_builtin
-from .formats import describe_mapping, drop_empty_completions, map_columns, normalise
 from .load import load_source
 from .mixture import concat_or_none, describe_sources, mix, source_config, uniform_rows
 from .packing import pack_rows
@@ -90,7 +90,7 @@ def prepare_source(config: SFTConfig, tokenizer) -> PreparedData:
 def tokenize_splits(config: SFTConfig, tokenizer, raw, dropped_empty: int) -> PreparedData:
     """Split the loaded rows (by position for text) and tokenize both parts."""
     source = config.dataset or ""
-    if config.dataset_format == "text":
+    if config.form is Form.TEXT:
         add_eos = not source.lower().endswith(".txt")  # a .txt is one running text, not documents
         train, eval_, split_stats = tokenize_text(raw, tokenizer, config.max_length, config.eval_fraction,
                                                   add_eos=add_eos, num_proc=config.num_proc)
@@ -188,3 +188,16 @@ def fixed_sample(rows, n: int, seed: int):
 def sample_train_rows(train, n_eval_rows: int, seed: int):
     """As many training rows as there are eval rows, at most TRAIN_SAMPLE_MAX_ROWS."""
     return fixed_sample(train, min(n_eval_rows, TRAIN_SAMPLE_MAX_ROWS), seed)
+
+
+def drop_empty_completions(dataset, source: str):
+    """Empty or whitespace-only responses teach nothing but EOS: drop them, count them, and
+    fail if nothing is left."""
+    keep = [i for i, c in enumerate(dataset["completion"]) if c.strip()]
+    dropped = len(dataset) - len(keep)
+    if not keep:
+        raise DataError(f"{source}: every response is empty; nothing to train on")
+    if dropped:
+        log.warning("dropped %d rows with an empty response", dropped)
+        dataset = dataset.select(keep)
+    return dataset, dropped

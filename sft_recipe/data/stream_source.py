@@ -1,9 +1,10 @@
 """`streaming: true` sources: a file, a directory of (compressed) shards or a hub id, read lazily.
 
 A source becomes a `datasets.IterableDataset` (`load_dataset(..., streaming=True)`); nothing is
-materialised beyond what `datasets` itself caches. Rows are mapped onto the format's canonical
-columns one at a time (`canonical_row`), since a stream cannot be validated up front: a bad row
-stops the run with one line naming the source and the row's position in the stream.
+materialised beyond what `datasets` itself caches. Rows are mapped onto their form one at a time
+(`formats.canonical_row`: the same adapter and column mapping as in memory), since a stream cannot
+be validated up front: a bad row stops the run with one line naming the source and the row's
+position in the stream.
 """
 
 from __future__ import annotations
@@ -17,12 +18,6 @@ from datasets.distributed import split_dataset_by_node
 from ..recipe.config import SFTConfig
 from ..errors import DataError, one_line
 from .builtin import is_builtin, materialise_dataset
-from .formats import (
-    REQUIRED_COLUMNS,
-    alpaca_to_prompt_completion,
-    prompt_completion_to_messages,
-    sharegpt_to_messages,
-)
 from .load import LOCAL_BUILDERS, _ignored
 
 # Compression `datasets` decompresses on the fly in streaming mode (fsspec), and the module each needs.
@@ -93,36 +88,3 @@ def node_share(stream: datasets.IterableDataset, held_out_rows: int, rank: int, 
     splits over any number of processes, and the held-out rows are the same on every process)."""
     rest = stream.skip(held_out_rows) if held_out_rows else stream
     return split_dataset_by_node(rest, rank=rank, world_size=world, strategy="examples") if world > 1 else rest
-
-
-def canonical_row(row: dict[str, Any], dataset_format: str, columns: dict[str, str] | None, where: str
-                  ) -> dict[str, Any]:
-    """One raw row -> the format's canonical columns (see `formats.py`), or a one-line DataError."""
-    row = dict(row)
-    for target, own in (columns or {}).items():
-        if own not in row:
-            raise DataError(f"{where}: column '{own}' (mapped to '{target}' by columns) is not in the dataset "
-                            f"(columns present: {', '.join(sorted(row)) or 'none'})")
-        row[target] = row[own]
-    if dataset_format == "messages" and row.get("conversations") is not None and row.get("messages") is None:
-        row = {**row, **sharegpt_to_messages(row)}
-    if dataset_format == "prompt_completion" and isinstance(row.get("prompt"), list):
-        row = {"messages": prompt_completion_to_messages(row, 0, where)["messages"], "tools": row.get("tools")}
-        dataset_format = "messages"
-    missing = [c for c in REQUIRED_COLUMNS[dataset_format] if c not in row]
-    if missing:
-        raise DataError(f"{where}: missing column '{missing[0]}' for dataset_format '{dataset_format}' "
-                        f"(columns present: {', '.join(sorted(row)) or 'none'})")
-    if dataset_format == "messages":
-        return {"messages": row["messages"], "tools": row.get("tools")}
-    keys = {"text": ("text",), "alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion")}
-    for key in keys[dataset_format] + (("input",) if dataset_format == "alpaca" else ()):
-        value = row.get(key)
-        if not isinstance(value, str) and not (key == "input" and value is None):
-            kind = "null" if value is None else type(value).__name__
-            raise DataError(f"{where}: key '{key}' must be a string, got {kind}")
-    if dataset_format == "alpaca":
-        batch = alpaca_to_prompt_completion({"instruction": [row["instruction"]], "output": [row["output"]],
-                                             "input": [row.get("input") or ""]})
-        return {"prompt": batch["prompt"][0], "completion": batch["completion"][0]}
-    return {k: row[k] for k in keys[dataset_format]}

@@ -27,9 +27,10 @@ from accelerate import PartialState
 
 from ..recipe.config import SFTConfig
 from ..errors import DataError, UserError, one_line
+from ..formats import Form, canonical_row
 from .mask import Example
 from .stats import TokenStats
-from .stream_source import builder_of, canonical_row, node_share, open_stream
+from .stream_source import builder_of, node_share, open_stream
 from .tokenization import conversation_encoder, prompt_completion_encoder, text_encoder
 
 log = logging.getLogger(__name__)
@@ -135,9 +136,9 @@ def read_rows(source: datasets.IterableDataset, where: str) -> Iterator[dict[str
 
 
 def row_encoder(config: SFTConfig, tokenizer, where: str) -> Encode:
-    """The per-row tokenization of `config.dataset_format` (the same functions as without streaming)."""
+    """The per-row tokenization of the rows' form (the same functions as without streaming)."""
     fmt, columns = config.dataset_format, config.columns
-    if fmt == "text":
+    if config.form is Form.TEXT:
         add_eos = builder_of(Path(config.dataset or "")) != "text"  # as without streaming: a .txt is one text
         encode_text = text_encoder(tokenizer, add_eos)
         return lambda raw, n: encode_text({"text": [canonical_row(raw, fmt, columns, f"{where}: row {n}")["text"]]})["ids"][0]
@@ -172,7 +173,7 @@ def held_out(stream: datasets.IterableDataset, encode: Encode, config: SFTConfig
             break
         used += 1
         encoded = encode(raw, used)
-        if config.dataset_format == "text":
+        if config.form is Form.TEXT:
             carry += encoded
             while len(carry) >= block and len(ids) < wanted:
                 ids.append(carry[:block])
@@ -210,15 +211,15 @@ def prepare_stream(config: SFTConfig, tokenizer) -> tuple[Any, Any, Any, dict[st
     eval_rows, eval_raw, used = held_out(stream, encode, config, where)
     state = PartialState()
     train_source = node_share(stream, used, state.process_index, state.num_processes)
-    train = TokenStream(train_source, encode, config.max_length if config.dataset_format == "text" else None,
+    train = TokenStream(train_source, encode, config.max_length if config.form is Form.TEXT else None,
                         history=history_size(config), where=where)
     tokens = sum(len(i) for i in eval_rows["input_ids"])
     trainable = sum(sum(1 for t in lab if t != -100) for lab in eval_rows["labels"])
-    dropped = 0 if config.dataset_format == "text" else used - len(eval_rows)
+    dropped = 0 if config.form is Form.TEXT else used - len(eval_rows)
     stats = {"eval": TokenStats(rows=used, kept=len(eval_rows), dropped_other=dropped, tokens=tokens,
                                 trainable_tokens=trainable).to_dict(),
              "streaming": {"held_out_source_rows": used, "processes": state.num_processes}}
     log.info("streaming %s: %d held-out %s from the first %d rows; process %d of %d trains on one row in %d "
-             "after them", where, len(eval_rows), "blocks" if config.dataset_format == "text" else "rows", used,
+             "after them", where, len(eval_rows), "blocks" if config.form is Form.TEXT else "rows", used,
              state.process_index, state.num_processes, state.num_processes)
     return train, eval_rows, eval_raw, stats

@@ -29,7 +29,7 @@ from .mask import (
     fit_turns,
     to_blocks,
 )
-from .messages import normalise_messages
+from ..formats.conversation import normalise_messages
 from .stats import TokenStats
 
 log = logging.getLogger(__name__)

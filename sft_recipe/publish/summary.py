@@ -18,6 +18,7 @@ from ..rundir.layout import (
     TRAIN_LOG_FILENAME,
 )
 from ..recipe.config import SFTConfig
+from ..formats import Form
 from ..data.builtin import EXAMPLE_PROMPT, is_builtin
 
 RULE = "-" * 72
@@ -59,13 +60,13 @@ def format_summary(config: SFTConfig, state, metrics: dict[str, Any], train_seco
 def next_commands(config: SFTConfig, best: Path) -> list[str]:
     """Commands to try the model, evaluate it again, and share it, with `best` filled in."""
     path = shlex.quote(str(best))
-    fallback = "Hello! Who are you?" if config.dataset_format == "messages" else "Give three tips for staying healthy."
+    fallback = "Hello! Who are you?" if config.form is Form.CHAT else "Give three tips for staying healthy."
     instruction, text = EXAMPLE_PROMPT if is_builtin(config.dataset) else (fallback, "")
     example = f"sft-recipe generate {path} {shlex.quote(instruction)}" + (f" --input {shlex.quote(text)}" if text else "")
-    if config.dataset_format == "text":
+    if config.form is Form.TEXT:
         commands = [f"sft-recipe generate {path} {shlex.quote('Once upon a time')} --raw --temperature 0.8"]
     else:
-        commands = ([f"sft-recipe chat {path}"] if config.dataset_format == "messages" else []) + [example]
+        commands = ([f"sft-recipe chat {path}"] if config.form is Form.CHAT else []) + [example]
     commands.append(f"sft-recipe eval {path}")
     if config.lora is not None:
         commands.append(f"sft-recipe merge {path} --output {shlex.quote(str(best.parent / 'merged'))}")

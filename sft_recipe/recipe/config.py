@@ -13,12 +13,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .sources import DataSource, check_columns, check_sources, prompt_format
+from ..formats import DEFAULT_FORMAT, Form, form_of, format_names, get_format, prompt_format
+from .sources import DataSource, check_columns, check_sources
 from ..errors import RecipeError
 from .lora import LoraSettings
 from .keys import BUILTIN_CALLBACKS, DEFAULT_CALLBACKS, MAPPED_TRAINING_ARGS, is_secret_key
 
-DatasetFormat = Literal["alpaca", "prompt_completion", "text", "messages"]
 TrainOn = Literal["all_assistant", "last_assistant"]
 
 
@@ -47,8 +47,8 @@ class SFTConfig:
         default=None,
         metadata={"help": "Hub id, or a local .json/.jsonl/.csv/.parquet/.txt file or directory."},
     )
-    dataset_format: DatasetFormat = field(
-        default="alpaca", metadata={"help": "alpaca | prompt_completion | text | messages."}
+    dataset_format: str = field(
+        default=DEFAULT_FORMAT, metadata={"help": " | ".join(format_names()) + " (see README 'Data formats')."}
     )
     columns: dict[str, str] | None = field(
         default=None, metadata={"help": "Format column: dataset column, e.g. {instruction: question, output: answer}."}
@@ -190,10 +190,11 @@ class SFTConfig:
             raise RecipeError("recipe key 'dataset' is required (a hub id or a local file), or 'datasets' (a mixture)")
         if self.dataset is not None and self.datasets is not None:
             raise RecipeError("set 'dataset' or 'datasets' (a mixture), not both")
+        get_format(self.dataset_format)
         self.columns = check_columns(self.columns, "columns")
         if self.datasets is not None:  # the top-level format then only says how the model is prompted
             self.datasets = check_sources(self.datasets)
-            self.dataset_format = prompt_format(self.datasets)  # type: ignore[assignment]
+            self.dataset_format = prompt_format([s.format for s in self.datasets])
         self.packing = "batch_concat" if self.packing is True else self.packing
         if self.streaming and (self.max_steps is None or self.packing == "bfd"):
             raise RecipeError("streaming: true needs 'max_steps' (a stream has no length to count epochs by)" if
@@ -257,7 +258,12 @@ class SFTConfig:
 
     @property
     def resolved_eval_train_sample(self) -> bool:
-        return self.dataset_format == "text" if self.eval_train_sample is None else self.eval_train_sample
+        return self.form is Form.TEXT if self.eval_train_sample is None else self.eval_train_sample
+
+    @property
+    def form(self) -> Form:
+        """The internal form the rows take (`formats.Form`): what every later step asks."""
+        return form_of(self.dataset_format)
 
     @property
     def resolved_tokenizer_name(self) -> str:

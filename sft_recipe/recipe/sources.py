@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError, reject_unknown_keys
+from ..formats import DEFAULT_FORMAT, get_format
 
-FORMATS = ("alpaca", "prompt_completion", "text", "messages")
 
 
 def check_columns(columns: Any, where: str) -> dict[str, str] | None:
@@ -42,7 +42,7 @@ class DataSource:
     """One `datasets:` entry; `name` defaults to a sanitised file stem (or hub id tail)."""
 
     path: str
-    format: str = "alpaca"
+    format: str = DEFAULT_FORMAT
     split: str = "train"
     config: str | None = None
     max_examples: int | None = None
@@ -68,9 +68,7 @@ class DataSource:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
             raise RecipeError(f"recipe key '{where}.weight' must be a positive number, got {weight!r}")
         source["weight"] = float(weight)
-        if source.get("format", "alpaca") not in FORMATS:
-            raise RecipeError(f"recipe key '{where}.format' must be one of {', '.join(FORMATS)}, "
-                              f"got {source.get('format')!r}")
+        get_format(source.get("format", DEFAULT_FORMAT), f"{where}.format")
         max_examples = source.get("max_examples")
         if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int)
                                          or max_examples <= 0):
@@ -103,15 +101,3 @@ def check_sources(sources: list[Any]) -> list[DataSource]:
             source = dataclasses.replace(source, name=f"{source.name}_{seen[source.name]}")
         unique.append(source)
     return unique
-
-
-def prompt_format(sources: list[DataSource]) -> str:
-    """The format a mixture's model is prompted in (`generate`, `chat`, samples, the card): the
-    sources' one format, else chat when any source is a conversation (its template is the model's),
-    else the first prompted format (text only continues what it is given)."""
-    formats = [s.format for s in sources]
-    if len(set(formats)) == 1:
-        return formats[0]
-    if "messages" in formats:
-        return "messages"
-    return next(f for f in formats if f != "text")

@@ -23,8 +23,8 @@ from .layout import (
     RECIPE_FILENAME,
 )
 from ..recipe.config import SFTConfig
+from ..formats import Form, get_format
 from ..data.builtin import is_builtin
-from ..data.prompts import alpaca_prompt
 
 EXAMPLE_INSTRUCTION = "Give three tips for staying healthy."
 # Trainer bookkeeping that says nothing about the model.
@@ -89,7 +89,7 @@ def describe_training(config: SFTConfig, is_adapter: bool) -> str:
         origin = f"LoRA adapters (r={config.lora.r if config.lora else 16}) for `{config.model_name}`, trained"
     else:
         origin = f"`{config.model_name}` fine-tuned"
-    what = "the loss on the text" if config.dataset_format == "text" else \
+    what = "the loss on the text" if config.form is Form.TEXT else \
         "the loss on the responses only (prompts are masked)"
     steps = f"{config.max_steps} steps" if config.max_steps else f"{config.num_epochs:g} epochs"
     on = f"`{config.dataset}` (`{config.dataset_format}` format)" if config.dataset else "a mixture of " + ", ".join(
@@ -111,14 +111,7 @@ def results_table(metrics: dict[str, Any]) -> str:
 
 def example_prompt(config: SFTConfig) -> tuple[str, str]:
     """(how the prompt is built, an example prompt string) in the template the model was trained on."""
-    if config.dataset_format == "messages":
-        return ("the tokenizer's chat template (`tokenizer.apply_chat_template`, generation prompt on)",
-                "")
-    if config.dataset_format == "alpaca":
-        return "the Stanford Alpaca template (no-input variant shown)", alpaca_prompt(EXAMPLE_INSTRUCTION)
-    if config.dataset_format == "prompt_completion":
-        return "the prompt text exactly as in the training data, no template", EXAMPLE_INSTRUCTION
-    return "plain text to continue", "Once upon a time"
+    return get_format(config.dataset_format).card_prompt(EXAMPLE_INSTRUCTION)
 
 
 def usage(config: SFTConfig, name: str, is_adapter: bool) -> str:
@@ -128,7 +121,7 @@ def usage(config: SFTConfig, name: str, is_adapter: bool) -> str:
               if is_adapter else
               "from transformers import AutoModelForCausalLM\n"
               f"model = AutoModelForCausalLM.from_pretrained({name!r})\n")
-    if config.dataset_format == "messages":
+    if config.form is Form.CHAT:
         build = ('messages = [{"role": "user", "content": ' + repr(EXAMPLE_INSTRUCTION) + "}]\n"
                  "prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)\n"
                  "inputs = tokenizer(prompt, return_tensors=\"pt\", add_special_tokens=False)\n")
@@ -140,7 +133,7 @@ def usage(config: SFTConfig, name: str, is_adapter: bool) -> str:
             + "output = model.generate(**inputs, max_new_tokens=128, do_sample=False)\n"
             "print(tokenizer.decode(output[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))")
     cli = f"sft-recipe generate {name} {EXAMPLE_INSTRUCTION!r}"
-    if config.dataset_format == "messages":
+    if config.form is Form.CHAT:
         cli = f"sft-recipe chat {name}"
     return (f"## How to use\n\nPrompts use {how}; generation stops at the tokenizer's EOS.\n\n"
             f"```python\n{code}\n```\n\nOr with sft-recipe, which applies the template itself:\n\n"

@@ -16,6 +16,7 @@ import torch
 from transformers import TrainingArguments
 
 from ..recipe.config import SFTConfig
+from ..formats import Form
 from ..recipe.keys import MAPPED_TRAINING_ARGS
 from ..errors import RecipeError, one_line
 from ..model.hardware import default_loss_chunk_size, resolve_precision
@@ -64,7 +65,7 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
         # Length grouping only pays on the padded path; packed batches carry no padding.
         # Text blocks all have the same length: grouping would only cost a pass over the dataset.
         train_sampling_strategy="group_by_length"
-        if config.group_by_length and not config.packing and config.dataset_format != "text" else "random",
+        if config.group_by_length and not config.packing and config.form is not Form.TEXT else "random",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         torch_compile=config.torch_compile,

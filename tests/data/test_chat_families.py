@@ -19,7 +19,7 @@ from sft_recipe.data.chat_template import (
 )
 from sft_recipe.data.chat_turns import encode_conversation, locate_turns
 from sft_recipe.data.mask import IGNORE_INDEX, fit_turns
-from sft_recipe.data.messages import normalise_messages
+from sft_recipe.formats.conversation import normalise_messages
 from sft_recipe.errors import UserError
 
 X = IGNORE_INDEX

@@ -6,11 +6,8 @@ import pytest
 from chat_helpers import A1, A2, END, Q1, Q2, SYS, X, config, tokenize, turn
 from conftest import write_jsonl
 
-from sft_recipe.data.formats import (
-    prompt_completion_to_messages,
-    sharegpt_to_messages,
-    validate_conversations,
-)
+from sft_recipe.formats.messages import sharegpt_to_messages, validate_conversations
+from sft_recipe.formats.prompt_completion import prompt_completion_to_messages
 from sft_recipe.errors import DataError
 
 # --- data formats and validation ------------------------------------------------------------

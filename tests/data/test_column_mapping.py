@@ -7,7 +7,7 @@ from conftest import write_jsonl
 
 from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.data.prepare import load_raw
-from sft_recipe.data.prompts import ALPACA_NO_INPUT
+from sft_recipe.formats.alpaca import ALPACA_NO_INPUT
 from sft_recipe.errors import DataError, RecipeError
 from sft_recipe.recipe.files import build_config
 

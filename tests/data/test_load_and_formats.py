@@ -9,7 +9,7 @@ from conftest import alpaca_rows, write_jsonl
 
 from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.data.prepare import load_raw, split_rows
-from sft_recipe.data.prompts import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
+from sft_recipe.formats.alpaca import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
 from sft_recipe.errors import DataError
 
 

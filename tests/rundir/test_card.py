@@ -6,7 +6,7 @@ import yaml
 
 from sft_recipe.rundir.card import is_hub_id, model_card, write_model_card
 from sft_recipe.recipe.config import SFTConfig
-from sft_recipe.data.prompts import alpaca_prompt
+from sft_recipe.formats.alpaca import alpaca_prompt
 
 METRICS = {"eval_loss": 1.23456, "eval_perplexity": 3.437, "eval_token_accuracy": 0.5, "eval_runtime": 9.9,
            "eval_exact_match": 0.25, "epoch": 3.0}

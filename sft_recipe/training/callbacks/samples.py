@@ -9,7 +9,8 @@ from transformers import TrainerCallback
 
 from ...recipe.config import SFTConfig
 from ...data.chat_template import chat_prompt, last_turn_prompts, stop_token_ids
-from ...data.prompts import format_prompt, short_prompt
+from ...formats import Form, get_format
+from ...formats.alpaca import short_prompt
 from ...model.generate import generate_answers
 from .reporting import wandb_run
 
@@ -48,7 +49,7 @@ def sample_prompts(config: SFTConfig, tokenizer, data: Any) -> tuple[list[str], 
     `sample_prompts` in the training template, else the first held-out prompts."""
     eval_raw = data.eval_raw if data is not None else None
     first = eval_raw.select(range(min(SAMPLE_PROMPTS_FROM_EVAL, len(eval_raw)))) if eval_raw is not None else None
-    if config.dataset_format == "messages":
+    if config.form is Form.CHAT:
         kwargs = config.chat_template_kwargs
         chat = {"stop_token_ids": stop_token_ids(tokenizer, kwargs), "add_special_tokens": False}  # template has BOS
         if config.sample_prompts:
@@ -57,7 +58,7 @@ def sample_prompts(config: SFTConfig, tokenizer, data: Any) -> tuple[list[str], 
         if first is not None and "messages" in first.column_names:
             return list(last_turn_prompts(first, tokenizer, kwargs)[0]["prompt"]), chat
     elif config.sample_prompts:
-        return [format_prompt(config.dataset_format, text) for text in config.sample_prompts], {}
+        return [get_format(config.dataset_format).prompt(text) for text in config.sample_prompts], {}
     elif first is not None and "prompt" in first.column_names:
         return list(first["prompt"]), {}
     log.warning("callbacks: 'samples' has no prompts (set sample_prompts for dataset_format %s)",
