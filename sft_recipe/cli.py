@@ -7,7 +7,6 @@ traceback. Recipe keys are accepted as `--key value` after the recipe path.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -17,27 +16,12 @@ from .errors import TrainingInterrupted, UserError
 EXIT_USER_ERROR = 2
 
 
-# `sft-recipe train --help` groups the keys as the README does: each section by its first key.
-SECTION_STARTS = {"model_name": "model and tokenizer", "dataset": "data", "batch_size": "batching",
-                  "learning_rate": "optimisation", "logging_steps": "evaluation, logging, saving",
-                  "training_args": "escape hatch"}
-
-
-def key_sections(config_class) -> list[tuple[str, list[dataclasses.Field]]]:
-    """The recipe keys in field order, grouped into the sections of `SECTION_STARTS`."""
-    sections: list[tuple[str, list[dataclasses.Field]]] = []
-    for f in dataclasses.fields(config_class):
-        if f.name in SECTION_STARTS or not sections:
-            sections.append((SECTION_STARTS.get(f.name, "other"), []))
-        sections[-1][1].append(f)
-    return sections
-
-
 def recipe_keys_help() -> str:
     from .recipe.config import SFTConfig
+    from .recipe.keys import sections
 
     lines = ["recipe keys (set in the YAML or as --key value; the command line wins):"]
-    for title, fields in key_sections(SFTConfig):
+    for title, fields in sections(SFTConfig):
         lines.append(f"\n{title}:")
         lines += [f"  --{f.name:<28} {f.metadata.get('help', '')}" for f in fields]
     return "\n".join(lines)

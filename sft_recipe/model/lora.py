@@ -1,6 +1,6 @@
 """LoRA and QLoRA adapters through peft (`pip install 'sft-recipe[lora]'`).
 
-A recipe opts in with a `lora:` mapping (`lora_settings.LoraSettings`). Only the adapter weights
+A recipe opts in with a `lora:` mapping (`recipe.lora.LoraSettings`). Only the adapter weights
 train; `best/` holds the adapter (adapter_config.json + adapter_model.safetensors), which
 `sft-recipe generate` loads on top of its base model, and `sft-recipe merge` (`export.py`) folds
 into a plain full model. peft is imported only when a recipe asks for LoRA: it is an optional

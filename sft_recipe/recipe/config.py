@@ -2,180 +2,182 @@
 
 The config is deliberately *not* a `TrainingArguments` subclass: recipes see a few dozen
 documented fields, `to_training_arguments` maps the trainer-related ones explicitly, and the
-rare knobs go through the `training_args` pass-through mapping.
+rare knobs go through the `training_args` pass-through mapping. Each key is declared once here
+(`keys.key`); `python -m sft_recipe.recipe.config` prints the README's table of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..formats import DEFAULT_FORMAT, Form, form_of, format_names, get_format, prompt_format
-from .sources import DataSource, check_columns, check_sources
 from ..errors import RecipeError
+from ..formats import DEFAULT_FORMAT, Form, form_of, format_names, get_format, prompt_format
+from .keys import (
+    BATCHING,
+    BUILTIN_CALLBACKS,
+    DATA,
+    DEFAULT_CALLBACKS,
+    ESCAPE,
+    EVALUATION,
+    EXTENDS,
+    FREE,
+    MODEL,
+    OPTIMISATION,
+    fraction,
+    is_secret_key,
+    key,
+    key_table,
+    mapped_training_args,
+    non_negative,
+    positive,
+    positive_number,
+    run_checks,
+)
 from .lora import LoraSettings
-from .keys import BUILTIN_CALLBACKS, DEFAULT_CALLBACKS, MAPPED_TRAINING_ARGS, is_secret_key
+from .sources import DataSource, check_columns, check_sources
 
 TrainOn = Literal["all_assistant", "last_assistant"]
 
 
 @dataclass
 class SFTConfig:
-    """Every field a recipe may set. The help text is what `sft-recipe train --help` shows.
-
-    Pure data: nothing here imports torch or transformers (see `hardware.py`).
-    """
+    """Every key a recipe may set, each declared once (`keys.key`: default, help, section, where it
+    goes, resume rule, check). Pure data: nothing here imports torch or transformers."""
 
     # --- model and tokenizer -------------------------------------------------------------
-    model_name: str | None = field(default=None, metadata={"help": "Hub id or local directory of a causal LM."})
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "Hub id or local directory; defaults to model_name."}
-    )
-    from_scratch: bool = field(default=False, metadata={"help": "Build the model from `model_config` with random weights."})
-    model_config: dict[str, Any] | None = field(
-        default=None, metadata={"help": "With from_scratch: kwargs for AutoConfig.for_model, including model_type."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
-    attn_implementation: str | None = field(
-        default=None, metadata={"help": "eager | sdpa | flash_attention_2; default: the best available."}
-    )
+    model_name: str | None = key(None, "Hub id or local directory of a causal LM.", MODEL, "model")
+    tokenizer_name: str | None = key(None, "Hub id or local directory; defaults to model_name.", MODEL, "model")
+    from_scratch: bool = key(False, "Build the model from `model_config` with random weights.", MODEL, "model")
+    model_config: dict[str, Any] | None = key(
+        None, "With from_scratch: kwargs for AutoConfig.for_model, including model_type.", MODEL, "model")
+    trust_remote_code: bool = key(False, "Allow custom model code from the hub.", MODEL, "model")
+    attn_implementation: str | None = key(
+        None, "eager | sdpa | flash_attention_2; default: the best available.", MODEL, "model")
 
     # --- data ----------------------------------------------------------------------------
-    dataset: str | None = field(
-        default=None,
-        metadata={"help": "Hub id, or a local .json/.jsonl/.csv/.parquet/.txt file or directory."},
-    )
-    dataset_format: str = field(
-        default=DEFAULT_FORMAT, metadata={"help": " | ".join(format_names()) + " (see README 'Data formats')."}
-    )
-    columns: dict[str, str] | None = field(
-        default=None, metadata={"help": "Format column: dataset column, e.g. {instruction: question, output: answer}."}
-    )
-    datasets: list[DataSource] | None = field(
-        default=None, metadata={"help": "A mixture instead of `dataset`: [{path, format, weight, columns, name, split, "
-                                        "config, max_examples}]; see README 'Mixtures'."}
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
-    eval_fraction: float = field(
-        default=0.1, metadata={"help": "Share of rows (of tokens, for text) held out for evaluation."}
-    )
-    max_examples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
-    max_eval_samples: int | None = field(
-        default=None,
-        metadata={"help": "Evaluate on a fixed, seeded sample of at most N held-out rows (blocks, for text): "
-                          "cheaper evaluations, e.g. the tutorial's eval_iters x batch_size."},
-    )
-    max_length: int = field(default=512, metadata={"help": "Longest tokenized row; block size for text."})
-    chat_template: str | None = field(
-        default=None, metadata={"help": "A .jinja file or a built-in name (chatml) for messages data."}
-    )
-    chat_template_kwargs: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={"help": "Extra variables for the chat template, e.g. {enable_thinking: false} (Qwen3) or "
-                          "{date_string: 26 Jul 2024} (Llama 3 stamps today's date otherwise)."},
-    )
-    train_on: TrainOn = field(
-        default="all_assistant", metadata={"help": "Which assistant turns carry loss: all_assistant | last_assistant."}
-    )
-    streaming: bool = field(default=False, metadata={"help": "Stream the data, tokenized on the fly (needs max_steps)."})
-    streaming_eval_examples: int = field(
-        default=256, metadata={"help": "With streaming: held-out rows (blocks, for text) from the stream's start."})
-    num_proc: int | None = field(
-        default=None, metadata={"help": "Processes for tokenization; default: all cores for large datasets."}
-    )
+    dataset: str | None = key(None, "Hub id, or a local .json/.jsonl/.csv/.parquet/.txt file or directory.",
+                              DATA, "data")
+    dataset_format: str = key(DEFAULT_FORMAT, " | ".join(format_names()) + " (README 'Data formats').", DATA, "data")
+    columns: dict[str, str] | None = key(
+        None, "Format column: dataset column, e.g. {instruction: question, output: answer}.", DATA, "data")
+    datasets: list[DataSource] | None = key(
+        None, "A mixture instead of `dataset`: [{path, format, weight, columns, name, split, config, max_examples}]; "
+              "see README 'Mixtures'.", DATA, "data")
+    dataset_config: str | None = key(None, "Hub dataset configuration name.", DATA, "data")
+    dataset_split: str = key("train", "Split to train on.", DATA, "data")
+    eval_fraction: float = key(0.1, "Share of rows (of tokens, for text) held out for evaluation.", DATA, "data",
+                               check=fraction)
+    max_examples: int | None = key(None, "Use only the first N rows.", DATA, "data", check=positive)
+    max_eval_samples: int | None = key(
+        None, "Evaluate on a fixed, seeded sample of at most N held-out rows (blocks, for text): cheaper "
+              "evaluations, e.g. the tutorial's eval_iters x batch_size.", DATA, "data", check=positive)
+    max_length: int = key(512, "Longest tokenized row; block size for text.", DATA, "data", check=positive)
+    chat_template: str | None = key(None, "A .jinja file or a built-in name (chatml) for messages data.",
+                                    DATA, "data")
+    chat_template_kwargs: dict[str, Any] = key(
+        help="Extra variables for the chat template, e.g. {enable_thinking: false} (Qwen3) or "
+             "{date_string: 26 Jul 2024} (Llama 3 stamps today's date otherwise).", section=DATA, goes="data",
+        factory=dict)
+    train_on: TrainOn = key("all_assistant", "Which assistant turns carry loss: all_assistant | last_assistant.",
+                            DATA, "data")
+    streaming: bool = key(False, "Stream the data, tokenized on the fly (needs max_steps).", DATA, "data",
+                          to=("ignore_data_skip",))
+    streaming_eval_examples: int = key(
+        256, "With streaming: held-out rows (blocks, for text) from the stream's start.", DATA, "data", check=positive)
+    num_proc: int | None = key(None, "Processes for tokenization; default: all cores for large datasets.",
+                               DATA, "data", FREE, check=positive)
 
     # --- batching ------------------------------------------------------------------------
-    batch_size: int = field(default=8, metadata={"help": "Rows per device per micro-batch."})
-    eval_batch_size: int | None = field(default=None, metadata={"help": "Defaults to batch_size."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    packing: bool | Literal["batch_concat", "bfd"] = field(
-        default=False,
-        metadata={"help": "Padding-free batches, position_ids restarting per row: batch_concat (or true) joins "
-                          "each micro-batch's rows; bfd packs rows into bins of max_length by best-fit decreasing."},
-    )
-    group_by_length: bool = field(
-        default=False,
-        metadata={"help": "Batch rows of similar length together (padded path): less padding, but batches of "
-                          "one length are often one kind of row, which can slow learning a lot."},
-    )
-    pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad batch length to a multiple of N."})
+    batch_size: int = key(8, "Rows per device per micro-batch.", BATCHING, "trainer",
+                          to=("per_device_train_batch_size",), check=positive)
+    eval_batch_size: int | None = key(None, "Defaults to batch_size.", BATCHING, "trainer", FREE,
+                                      to=("per_device_eval_batch_size",), check=positive)
+    gradient_accumulation_steps: int = key(1, "Micro-batches per optimizer step.", BATCHING, "trainer",
+                                           to=("gradient_accumulation_steps",), check=positive)
+    packing: bool | Literal["batch_concat", "bfd"] = key(
+        False, "Padding-free batches, position_ids restarting per row: batch_concat (or true) joins each "
+               "micro-batch's rows; bfd packs rows into bins of max_length by best-fit decreasing.", BATCHING, "data")
+    group_by_length: bool = key(
+        False, "Batch rows of similar length together (padded path): less padding, but batches of one length are "
+               "often one kind of row, which can slow learning a lot.", BATCHING, "trainer",
+        to=("train_sampling_strategy",))
+    pad_to_multiple_of: int | None = key(None, "Pad batch length to a multiple of N.", BATCHING, "data",
+                                         check=positive)
 
     # --- optimisation --------------------------------------------------------------------
-    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate."})
-    num_epochs: float = field(default=3.0, metadata={"help": "Epochs over the training split."})
-    max_steps: int | None = field(default=None, metadata={"help": "Stop after N optimizer steps (beats num_epochs)."})
-    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "Any transformers scheduler name."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
-    seed: int = field(default=42, metadata={"help": "Seed for init, shuffling and the split."})
-    loss_chunk_size: int | None = field(
-        default=None,
-        metadata={"help": "Tokens per LM-head chunk in the trainable-only loss; 0 uses the model's own loss. "
-                          "Default: 1024 on a GPU, 128 on the CPU."},
-    )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
-        default="auto", metadata={"help": "auto: bf16 on GPUs that support it, else fp32."}
-    )
-    torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile."})
-    gradient_checkpointing: bool | None = field(
-        default=None,
-        metadata={"help": "Recompute each layer's activations in backward instead of keeping them: far less "
-                          "activation memory for one more decoder forward. Default: on a GPU, off on the CPU."},
-    )
-    release_host_memory: bool = field(
-        default=False,
-        metadata={"help": "Linux: hand freed tensor memory back to the system at once (lower peak RSS on the CPU, "
-                          "slower: see benchmarks/README.md)."},
-    )
+    learning_rate: float = key(2e-5, "Peak learning rate.", OPTIMISATION, "trainer", to=("learning_rate",),
+                               check=positive_number)
+    num_epochs: float = key(3.0, "Epochs over the training split.", OPTIMISATION, "trainer", EXTENDS,
+                            to=("num_train_epochs",), check=positive)
+    max_steps: int | None = key(None, "Stop after N optimizer steps (beats num_epochs).", OPTIMISATION, "trainer",
+                                EXTENDS, to=("max_steps",), check=positive)
+    warmup_steps: int = key(0, "Linear warm-up steps.", OPTIMISATION, "trainer", to=("warmup_steps",),
+                            check=non_negative)
+    weight_decay: float = key(0.01, "AdamW weight decay.", OPTIMISATION, "trainer", to=("weight_decay",),
+                              check=non_negative)
+    lr_scheduler_type: str = key("linear", "Any transformers scheduler name.", OPTIMISATION, "trainer",
+                                 to=("lr_scheduler_type",))
+    max_grad_norm: float = key(1.0, "Gradient clipping norm.", OPTIMISATION, "trainer", to=("max_grad_norm",),
+                               check=non_negative)
+    seed: int = key(42, "Seed for init, shuffling and the split.", OPTIMISATION, "trainer", to=("seed", "data_seed"))
+    loss_chunk_size: int | None = key(
+        None, "Tokens per LM-head chunk in the trainable-only loss; 0 uses the model's own loss. Default: 1024 on a "
+              "GPU, 128 on the CPU.", OPTIMISATION, "model", FREE, check=non_negative)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = key(
+        "auto", "auto: bf16 on GPUs that support it, else fp32.", OPTIMISATION, "trainer", to=("bf16", "fp16"))
+    torch_compile: bool = key(False, "Compile the model with torch.compile.", OPTIMISATION, "trainer",
+                              to=("torch_compile",))
+    gradient_checkpointing: bool | None = key(
+        None, "Recompute each layer's activations in backward instead of keeping them: far less activation memory "
+              "for one more decoder forward. Default: on a GPU, off on the CPU.", OPTIMISATION, "trainer", FREE,
+        to=("activation_checkpointing", "activation_checkpointing_kwargs"))
+    release_host_memory: bool = key(
+        False, "Linux: hand freed tensor memory back to the system at once (lower peak RSS on the CPU, slower: see "
+               "benchmarks/README.md).", OPTIMISATION, "run", FREE)
 
     # --- evaluation, logging, saving -----------------------------------------------------
-    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
-    eval_steps: int = field(default=100, metadata={"help": "Evaluate every N optimizer steps."})
-    eval_on_start: bool = field(default=False, metadata={"help": "Also evaluate before the first step."})
-    eval_train_sample: bool | None = field(
-        default=None,
-        metadata={"help": "At each eval, also report the loss on a fixed, seeded sample of training rows "
-                          "(as many as eval rows, at most 1024) as train_sample_loss; default: on for text."},
-    )
-    save_steps: int = field(default=100, metadata={"help": "Checkpoint every N steps (a multiple of eval_steps)."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints (best is kept)."})
-    output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints and best/ go."})
-    report_to: list[str] = field(default_factory=list, metadata={"help": "Loggers, e.g. [wandb, tensorboard]."})
-    generation_eval_samples: int = field(
-        default=0,
-        metadata={"help": "After training, generate answers for N held-out rows and score exact match."},
-    )
-    max_new_tokens: int = field(default=128, metadata={"help": "Generation length for generation_eval_samples."})
-
-    callbacks: list[str] = field(
-        default_factory=lambda: list(DEFAULT_CALLBACKS),
-        metadata={"help": "Callbacks: built-in names (nan_guard, throughput, loss_curve, samples, early_stopping) "
-                          "or dotted import paths of TrainerCallback classes; replaces the default list "
-                          "[nan_guard, throughput, loss_curve]."},
-    )
-    early_stopping_patience: int | None = field(
-        default=None, metadata={"help": "Stop after N evaluations without eval-loss improvement."}
-    )
-    sample_prompts: list[str] = field(
-        default_factory=list, metadata={"help": "Fixed prompts whose generations are logged at each eval."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Start fresh instead of resuming from the last checkpoint."}
-    )
-    push_to_hub: bool = field(default=False, metadata={"help": "Push best/ to the hub at the end."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id for push_to_hub."})
-    lora: LoraSettings | None = field(
-        default=None, metadata={"help": "LoRA adapters via peft: {r, alpha, dropout, target_modules, load_in_4bit}."}
-    )
+    logging_steps: int = key(10, "Log every N optimizer steps.", EVALUATION, "trainer", FREE, to=("logging_steps",),
+                             check=positive)
+    eval_steps: int = key(100, "Evaluate every N optimizer steps.", EVALUATION, "trainer", FREE, to=("eval_steps",),
+                          check=positive)
+    eval_on_start: bool = key(False, "Also evaluate before the first step.", EVALUATION, "trainer", FREE,
+                              to=("eval_on_start",))
+    eval_train_sample: bool | None = key(
+        None, "At each eval, also report the loss on a fixed, seeded sample of training rows (as many as eval rows, "
+              "at most 1024) as train_sample_loss; default: on for text.", EVALUATION, "run", FREE)
+    save_steps: int = key(100, "Checkpoint every N steps (a multiple of eval_steps).", EVALUATION, "trainer", FREE,
+                          to=("save_steps",), check=positive)
+    save_total_limit: int | None = key(2, "Keep at most N checkpoints (best is kept).", EVALUATION, "trainer", FREE,
+                                       to=("save_total_limit",), check=positive)
+    output_dir: str = key("outputs/run", "Where checkpoints and best/ go.", EVALUATION, "trainer", FREE,
+                          to=("output_dir",))
+    report_to: list[str] = key(help="Loggers, e.g. [wandb, tensorboard].", section=EVALUATION, goes="trainer",
+                               resume=FREE, to=("report_to",), factory=list)
+    generation_eval_samples: int = key(
+        0, "After training, generate answers for N held-out rows and score exact match.", EVALUATION, "run", FREE,
+        check=non_negative)
+    max_new_tokens: int = key(128, "Generation length for generation_eval_samples.", EVALUATION, "run", FREE)
+    callbacks: list[str] = key(
+        help="Callbacks: built-in names (" + ", ".join(BUILTIN_CALLBACKS) + ") or dotted import paths of "
+             "TrainerCallback classes; replaces the default list [" + ", ".join(DEFAULT_CALLBACKS) + "].",
+        section=EVALUATION, goes="run", resume=FREE, factory=lambda: list(DEFAULT_CALLBACKS))
+    early_stopping_patience: int | None = key(
+        None, "Stop after N evaluations without eval-loss improvement.", EVALUATION, "run", EXTENDS, check=positive)
+    sample_prompts: list[str] = key(help="Fixed prompts whose generations are logged at each eval.",
+                                    section=EVALUATION, goes="run", resume=FREE, factory=list)
+    overwrite_output_dir: bool = key(False, "Start fresh instead of resuming from the last checkpoint.",
+                                     EVALUATION, "run", FREE)
+    push_to_hub: bool = key(False, "Push best/ to the hub at the end.", EVALUATION, "run", FREE)
+    hub_model_id: str | None = key(None, "Hub repo id for push_to_hub.", EVALUATION, "run", FREE)
+    lora: LoraSettings | None = key(
+        None, "LoRA adapters via peft: {r, alpha, dropout, target_modules, load_in_4bit}.", EVALUATION, "lora")
 
     # --- escape hatch --------------------------------------------------------------------
-    training_args: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "Rare TrainingArguments fields, passed through unchanged."}
-    )
+    training_args: dict[str, Any] = key(help="Rare TrainingArguments fields, passed through unchanged.",
+                                        section=ESCAPE, goes="pass-through", factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -206,26 +208,7 @@ class SFTConfig:
             raise RecipeError("from_scratch: true needs 'model_config' with a 'model_type' (e.g. gpt2, llama)")
         if self.from_scratch and self.tokenizer_name is None and self.model_name is None:
             raise RecipeError("from_scratch: true needs 'tokenizer_name'")
-        for name in ("max_length", "batch_size", "gradient_accumulation_steps", "logging_steps", "eval_steps",
-                     "save_steps", "streaming_eval_examples"):
-            if getattr(self, name) <= 0:
-                raise RecipeError(f"recipe key '{name}' must be > 0, got {getattr(self, name)}")
-        for name in ("eval_batch_size", "max_examples", "max_eval_samples", "max_steps", "num_proc",
-                     "pad_to_multiple_of", "save_total_limit"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise RecipeError(f"recipe key '{name}' must be > 0, got {value}")
-        for name in ("warmup_steps", "generation_eval_samples", "loss_chunk_size"):
-            if (getattr(self, name) or 0) < 0:
-                raise RecipeError(f"recipe key '{name}' must be >= 0, got {getattr(self, name)}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise RecipeError(f"recipe key 'learning_rate' must be a positive number, got {self.learning_rate}")
-        if not self.num_epochs > 0:
-            raise RecipeError(f"recipe key 'num_epochs' must be > 0, got {self.num_epochs}")
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise RecipeError(f"recipe key 'eval_fraction' must be in (0, 1), got {self.eval_fraction}")
-        if self.max_grad_norm < 0 or self.weight_decay < 0:
-            raise RecipeError("recipe keys 'max_grad_norm' and 'weight_decay' must be >= 0")
+        run_checks(self)  # each key's own check, as declared
         if self.save_steps % self.eval_steps:
             raise RecipeError(
                 f"recipe key 'save_steps' ({self.save_steps}) must be a multiple of 'eval_steps' "
@@ -237,8 +220,6 @@ class SFTConfig:
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise RecipeError(f"recipe key 'callbacks': unknown callback '{name}'{hint}; built-in: "
                                   f"{', '.join(BUILTIN_CALLBACKS)}, or a dotted path like my_pkg.MyCallback")
-        if self.early_stopping_patience is not None and self.early_stopping_patience <= 0:
-            raise RecipeError(f"recipe key 'early_stopping_patience' must be > 0, got {self.early_stopping_patience}")
         if self.push_to_hub and not self.hub_model_id:
             raise RecipeError("push_to_hub: true needs 'hub_model_id' (e.g. your-name/model-name)")
         if self.lora is not None:
@@ -271,3 +252,12 @@ class SFTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Every TrainingArguments field the recipe sets itself (a `training_args` entry may not set one).
+MAPPED_TRAINING_ARGS = mapped_training_args(SFTConfig)
+# Keys that do not set a TrainingArguments field of their own name (data, model, run, LoRA, pass-through).
+NOT_TRAINING_ARGS = frozenset(f.name for f in dataclasses.fields(SFTConfig) if f.metadata["goes"] != "trainer")
+
+if __name__ == "__main__":
+    print(key_table(SFTConfig), end="")

@@ -10,7 +10,7 @@
         name: roleplay                       # eval_roleplay_loss; default: the file's stem
         split: train                         # optional, like config and max_examples
 
-Pure data, like `lora_settings`: nothing here reads files.
+Pure data, like `recipe.lora`: nothing here reads files.
 """
 
 from __future__ import annotations

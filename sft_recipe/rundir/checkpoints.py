@@ -1,5 +1,5 @@
 """Output directory handling: resume detection before training, complete checkpoints during it,
-and damage to them. `save.py` writes `best/` after it.
+and damage to them. `best.py` writes `best/` after it.
 
 Trainer writes `checkpoint-N/` in place (no temporary directory and rename): weights, optimizer,
 scheduler, one RNG file per process, and `trainer_state.json` last, from the main process only.

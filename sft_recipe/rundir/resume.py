@@ -1,7 +1,7 @@
 """Resume rules: a re-run continues the run that is in output_dir, or refuses; it never mixes two.
 
 Every complete checkpoint carries the resolved recipe it was trained with (`sft_recipe.yaml`). A
-re-run compares its own recipe with that one:
+re-run compares its own recipe with that one, by each key's declared resume rule:
 - keys in `TRAJECTORY_FREE` may differ (they change cadence, reporting or memory, not the weights);
 - keys in `EXTENDING` may differ to train a finished or stopped run further (the learning-rate
   schedule is then computed for the new length, from the step reached);
@@ -26,18 +26,15 @@ from .layout import (
     TRAINER_STATE_FILENAME,
 )
 from ..recipe.config import SFTConfig
+from ..recipe.keys import EXTENDS, FREE, keys_where
 from ..errors import UserError
 from ..recipe.files import read_yaml, resolved_recipe
 
 log = logging.getLogger("sft_recipe")
 
-EXTENDING = frozenset({"max_steps", "num_epochs", "early_stopping_patience"})
-TRAJECTORY_FREE = frozenset({
-    "output_dir", "overwrite_output_dir", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
-    "eval_on_start", "report_to", "callbacks", "generation_eval_samples", "max_new_tokens", "sample_prompts",
-    "push_to_hub", "hub_model_id", "num_proc", "release_host_memory", "gradient_checkpointing",
-    "loss_chunk_size", "eval_batch_size", "eval_train_sample",
-})
+# Both derived from each key's declaration (`recipe/keys.py`: resume=free | extends | fixed).
+EXTENDING = frozenset(keys_where(SFTConfig, resume=EXTENDS))
+TRAJECTORY_FREE = frozenset(keys_where(SFTConfig, resume=FREE))
 
 
 def changed_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -1,6 +1,6 @@
 """`SFTConfig` -> `transformers.TrainingArguments`, field by field.
 
-The recipe owns the fields in `recipe_keys.MAPPED_TRAINING_ARGS` (a recipe that also sets one in
+The recipe owns the fields in `recipe.config.MAPPED_TRAINING_ARGS` (each key's declared `to` fields) (a recipe that also sets one in
 `training_args` is refused); everything else in `training_args` passes through unchanged. Building
 the arguments also initialises the (possibly distributed) state, so it is the first step of a run.
 """
@@ -15,9 +15,8 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from ..recipe.config import SFTConfig
+from ..recipe.config import MAPPED_TRAINING_ARGS, SFTConfig
 from ..formats import Form
-from ..recipe.keys import MAPPED_TRAINING_ARGS
 from ..errors import RecipeError, one_line
 from ..model.hardware import default_loss_chunk_size, resolve_precision
 from ..recipe.files import coerce, describe
@@ -87,7 +86,7 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
         dataloader_pin_memory=on_gpu,
         # Say CPU explicitly when there is no accelerator, so that bf16 on CPU is accepted.
         use_cpu=not on_gpu and not torch.backends.mps.is_available(),
-        # The Trainer's own bars and printers print raw dicts; callbacks/console.py draws the one bar.
+        # The Trainer's own bars and printers print raw dicts; callbacks/progress.py draws the one bar.
         disable_tqdm=True,
         # Log a NaN/Inf loss as it is (the Trainer would hide it) so the nan_guard callback can stop.
         logging_nan_inf_filter=False,

@@ -1,14 +1,15 @@
 """`SFTTrainer`: a thin `transformers.Trainer` whose loss only looks at trainable tokens.
 
 What it overrides, and why:
-- `compute_loss`: the chunked trainable-token loss of `loss.py` (the model's own loss when
-  `loss_chunk_size` is 0 or the model is not a plain causal LM), divided by `num_items_in_batch`,
+- `compute_loss`: the loss path `loss.LossPath` picked (the chunked trainable-token loss, or the
+  model's own loss when `loss_chunk_size` is 0 or the model is not a plain causal LM), divided by `num_items_in_batch`,
   the trainable-token count of the whole optimizer step across accumulation steps and devices
   (the Trainer gathers it), so batch 8 x accumulation 1 and batch 2 x accumulation 4 give the
   same loss and gradients. Under DDP it is multiplied by the number of processes, which DDP's
   gradient averaging divides back out.
-  Under FSDP or ZeRO-3 the loss is computed inside the head's forward (`loss.head_trainable_token_loss`),
-  where the sharding wrapper has gathered the head's weight; FSDP2 averages gradients like DDP.
+  Under FSDP or ZeRO-3 the loss is computed inside the head's forward, where the sharding wrapper
+  has gathered the head's weight; FSDP2 averages gradients like DDP.
+- `prediction_step`: in a loss-only evaluation, adds each batch's sums to `eval_counts`.
 - `get_batch_samples` and `log`: a running count of trainable tokens, logged as
   `trainable_tokens_seen` for the throughput callback.
 - `evaluation_loop`: eval loss as the mean over every held-out trainable token on all processes
@@ -32,7 +33,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..rundir.layout import CHECKPOINT_PREFIX
 from ..rundir.checkpoints import saving
-from ..model.chunked_loss import decoder_and_head, head_trainable_token_loss, trainable_token_loss
+from .loss import EvalCounts, LossPath
 
 log = logging.getLogger("sft_recipe")
 
@@ -59,19 +60,15 @@ class SFTTrainer(Trainer):
         # per row of raw text (a loss 1/max_length too low).
         self._loss_shifts_labels = True
         self.train_sample = train_sample  # fixed training rows scored at every eval (train_sample_loss)
-        self._loss_only = False  # set per evaluation: no logits wanted, so the chunked loss applies
-        self._parts = decoder_and_head(self.model) if loss_chunk_size else None
         # Sharded parameters exist whole only inside their module's forward: compute the loss there.
-        self._sharded = bool(self.is_fsdp_enabled or is_deepspeed_zero3_enabled())
-        if self._sharded and loss_chunk_size and self._parts is None:
-            log.info("sharded training: %s has no plain linear head for the trainable-token loss; using the "
-                     "model's own loss", type(self.model).__name__)
-        if self._parts is not None:
+        sharded = bool(self.is_fsdp_enabled or is_deepspeed_zero3_enabled())
+        self.loss_path = LossPath(self.model, loss_chunk_size, sharded)
+        if sharded and loss_chunk_size and self.loss_path.own:
+            log.info("sharded training: %s", self.loss_path.reason)
+        if not self.loss_path.own:
             # We normalise by `num_items_in_batch` ourselves, so ask the Trainer to count it.
             self.model_accepts_loss_kwargs = True
-        self.eval_loss_sum = 0.0
-        self.eval_correct = 0
-        self.eval_targets = 0
+        self.eval_counts = EvalCounts()
         self.trainable_tokens_seen: torch.Tensor | int = 0  # all processes, this session; see `log`
 
     def get_train_dataloader(self):
@@ -115,24 +112,26 @@ class SFTTrainer(Trainer):
         super().log(logs, start_time)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self._parts is None or (return_outputs and not self._loss_only):
+        if self.loss_path.own or return_outputs:  # outputs wanted: the model's own forward gives logits
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss_sum, correct, count = self.trainable_token_loss(model, inputs)
+        loss_sum, _, count = self.loss_path.sums(model, inputs)
         denominator = num_items_in_batch if num_items_in_batch is not None else count
         loss = loss_sum / torch.clamp(torch.as_tensor(denominator, device=loss_sum.device), min=1)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # DDP averages gradients over processes; the token count is already global.
             loss = loss * self.accelerator.num_processes
-        if not model.training:
-            self.eval_loss_sum += float(loss_sum)
-            self.eval_correct += int(correct)
-            self.eval_targets += int(count)
-        return (loss, {"loss": loss}) if return_outputs else loss
+        return loss
 
-    def trainable_token_loss(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor, int]:
-        if self._sharded:
-            return head_trainable_token_loss(model, self._parts[1], inputs, self.loss_chunk_size)  # type: ignore[index]
-        return trainable_token_loss(model, self._parts, inputs, self.loss_chunk_size)  # type: ignore[arg-type]
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """A loss-only evaluation step adds its sums to `eval_counts`; with the model's own loss, or
+        when predictions are wanted, the Trainer's step (and its per-batch mean) is used."""
+        if self.loss_path.own or not prediction_loss_only:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss_sum, correct, count = self.loss_path.sums(model, inputs)
+        self.eval_counts.add(loss_sum, correct, count)
+        return (loss_sum / max(count, 1)).detach(), None, None
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix: str = "eval"):
@@ -155,16 +154,11 @@ class SFTTrainer(Trainer):
     def scored_loop(self, dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix: str):
         """One `Trainer.evaluation_loop` plus perplexity and token accuracy. Without compute_metrics
         the Trainer wants the loss only, so `compute_loss` can skip the full logits."""
-        self.eval_loss_sum, self.eval_correct, self.eval_targets = 0.0, 0, 0
+        self.eval_counts = EvalCounts()
         loss_only = self.args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
-        self._loss_only = loss_only
-        try:
-            output = super().evaluation_loop(dataloader, description, loss_only, ignore_keys, metric_key_prefix)
-        finally:
-            self._loss_only = False
+        output = super().evaluation_loop(dataloader, description, loss_only, ignore_keys, metric_key_prefix)
         prefix = metric_key_prefix
-        counts = torch.tensor([self.eval_loss_sum, self.eval_correct, self.eval_targets],
-                              dtype=torch.float64, device=self.args.device)
+        counts = self.eval_counts.as_tensor(self.args.device)
         loss_sum, correct, targets = self.accelerator.gather(counts[None]).sum(0).tolist()
         if targets:
             # The mean over every trainable token of the split, on all processes together. The

@@ -65,7 +65,7 @@ def test_fast_loss_on_a_lora_model_matches_the_models_own_loss(toy_tokenizer, tm
     grads = []
     for chunk in (2, 0):
         trainer = SFTTrainer(model=model, args=args, processing_class=toy_tokenizer, loss_chunk_size=chunk)
-        assert (trainer._parts is not None) == bool(chunk)
+        assert (trainer.loss_path.parts is not None) == bool(chunk)
         model.zero_grad()
         loss = trainer.compute_loss(model, dict(inputs))
         loss.backward()

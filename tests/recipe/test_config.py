@@ -6,8 +6,7 @@ import dataclasses
 
 import pytest
 
-from sft_recipe.recipe.config import SFTConfig
-from sft_recipe.recipe.keys import MAPPED_TRAINING_ARGS, NOT_TRAINING_ARGS
+from sft_recipe.recipe.config import MAPPED_TRAINING_ARGS, NOT_TRAINING_ARGS, SFTConfig
 from sft_recipe.errors import RecipeError
 from sft_recipe.training.arguments import to_training_arguments
 

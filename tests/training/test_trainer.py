@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.data.collate import PackingCollator, PaddingCollator
 from sft_recipe.data.mask import IGNORE_INDEX
+from sft_recipe.training.loss import INSIDE_HEAD
 from sft_recipe.training.trainer import SFTTrainer
 from sft_recipe.training.arguments import to_training_arguments
 
@@ -74,7 +75,7 @@ def assert_same_loss_and_grads(model, trainer, batch):
 def test_trainable_only_loss_matches_the_model_loss(model_type, layout, chunk, tmp_path):
     model = tiny_model(model_type, VOCAB)
     trainer = make_trainer(model, tmp_path, chunk)
-    assert trainer._parts is not None, "the fast loss must apply to plain llama/gpt2"
+    assert trainer.loss_path.parts is not None, "the fast loss must apply to plain llama/gpt2"
     batch = (PackingCollator() if layout == "packed" else PaddingCollator(pad_token_id=0))(ROWS)
     assert_same_loss_and_grads(model, trainer, batch)
 
@@ -261,7 +262,7 @@ def test_loss_inside_the_head_matches_the_model_loss(model_type, layout, tmp_pat
     gives the model's loss and gradients on one process too, and leaves the head as it was."""
     model = tiny_model(model_type, VOCAB)
     trainer = make_trainer(model, tmp_path, chunk=5)
-    trainer._sharded = True
+    trainer.loss_path.kind = INSIDE_HEAD
     batch = (PackingCollator() if layout == "packed" else PaddingCollator(pad_token_id=0))(ROWS)
     assert_same_loss_and_grads(model, trainer, batch)
     assert "forward" not in model.get_output_embeddings().__dict__

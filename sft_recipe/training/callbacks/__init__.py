@@ -13,7 +13,7 @@ Built-in names, the first three on by default (a recipe that sets `callbacks` re
   default 3; setting the patience alone also enables it).
 
 Each lives in its own module here; this one is the registry. To add a built-in: write the
-class in a new module, add its name to `recipe_keys.BUILTIN_CALLBACKS` and a branch to
+class in a new module, add its name to `recipe.keys.BUILTIN_CALLBACKS` and a branch to
 `build_callbacks`. Any other entry is a dotted import path to a `TrainerCallback` class, e.g. `my_pkg.MyCallback`,
 imported only when named and built with no arguments. With `report_to: [wandb]` the resolved
 recipe is added to the wandb run config (main process only).
