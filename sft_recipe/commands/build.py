@@ -16,6 +16,7 @@ from ..recipe.config import SFTConfig
 from ..data.collate import make_collator
 from ..data.prepare import PreparedData, eval_rows_and_parts, sample_train_rows
 from ..model.lora import wrap_lora
+from ..model.architecture import check_packing
 from ..model.load import load_model
 from ..training.signals import StopOnSignal
 from ..rundir.stream_state import StreamStateCallback
@@ -31,12 +32,21 @@ def collator_for(config: SFTConfig, model, tokenizer):
     return make_collator(config.packing, tokenizer.pad_token_id, config.pad_to_multiple_of, flash_attention=flash)
 
 
+def checked_collator(config: SFTConfig, model, tokenizer):
+    """`collator_for`, after making sure that packed rows cannot see each other on this model."""
+    collate = collator_for(config, model, tokenizer)
+    if config.packing:
+        check_packing(model, collate, len(tokenizer))
+    return collate
+
+
 def build_eval_trainer(config: SFTConfig, args, model, tokenizer, eval_rows: Any,
                        eval_parts: dict[str, Any] | None = None) -> SFTTrainer:
     """A trainer that only evaluates `model` (already loaded) on `eval_rows` (and a mixture's `eval_parts`)."""
     trainer = SFTTrainer(model=model, args=args, eval_dataset=eval_rows,
-                         data_collator=collator_for(config, model, tokenizer), processing_class=tokenizer,
+                         data_collator=checked_collator(config, model, tokenizer), processing_class=tokenizer,
                          loss_chunk_size=loss_chunk_size(config), eval_parts=eval_parts)
+    trainer.verify_loss(eval_rows)
     use_console(trainer)
     return trainer
 
@@ -59,10 +69,11 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
     stop = StopOnSignal()  # SIGTERM / Ctrl-C: save at the next step end, then exit non-zero
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=eval_rows,
-        data_collator=collator_for(config, model, tokenizer), processing_class=tokenizer,
+        data_collator=checked_collator(config, model, tokenizer), processing_class=tokenizer,
         callbacks=[*build_callbacks(config, tokenizer, data), *streamed, CheckpointCompleteCallback(config), stop],
         loss_chunk_size=loss_chunk_size(config), train_sample=train_sample, recipe=config, eval_parts=eval_parts,
     )
+    trainer.verify_loss(eval_rows)  # the fast loss proves itself on this model before any step
     use_console(trainer)  # one live bar or plain lines, one line per evaluation; no raw dicts
     loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
     return trainer, stop

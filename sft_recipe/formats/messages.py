@@ -36,6 +36,21 @@ def sharegpt_to_messages(row: dict[str, Any]) -> dict[str, Any]:
     ]}
 
 
+def check_sharegpt(dataset, source: str) -> None:
+    """A row without `messages` must have `conversations` as a list (before the rows are converted:
+    a string there would not share a column type with the lists)."""
+    has_messages = "messages" in dataset.column_names
+    columns = ["conversations"] + (["messages"] if has_messages else [])
+    row = 0
+    for batch in dataset.select_columns(columns).iter(batch_size=1000):
+        messages = batch["messages"] if has_messages else [None] * len(batch["conversations"])
+        for turns, own in zip(batch["conversations"], messages):
+            row += 1
+            if own is None and turns is not None and not isinstance(turns, list):
+                raise DataError(f"{source}: row {row}: key 'conversations' must be a list of {{from, value}}, got "
+                                f"{type(turns).__name__}")
+
+
 def validate_conversations(dataset, source: str):
     """Every row must be a valid conversation (`normalise_messages`: roles, content, tool calls, the
     row's `tools`) whose first turn is not an assistant's (a template cannot render the prompt
@@ -72,6 +87,7 @@ class Messages(Format):
 
     def normalise(self, dataset, source: str):
         if "conversations" in dataset.column_names:  # rows of either kind, even mixed
+            check_sharegpt(dataset, source)
             dataset = dataset.map(sharegpt_to_messages, remove_columns=["conversations"])
         self.check_columns(dataset.column_names, source)
         return validate_conversations(dataset, source)

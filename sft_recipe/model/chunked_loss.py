@@ -123,7 +123,10 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
         inner = inner.get_base_model()
     config = getattr(inner, "config", None)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    decoder = getattr(inner, "base_model", None)
+    # The module whose output the head reads: `get_decoder` where the model names it (OPT runs its
+    # decoder, not its base model), else the base model. `training.loss.LossPath.verify` checks it.
+    get_decoder = getattr(inner, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else getattr(inner, "base_model", None)
     if config is None or type(head) is not nn.Linear or decoder is None or decoder is inner:
         return None
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) \
@@ -135,9 +138,10 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
 
 
 def trainable_token_loss(model: nn.Module, parts: tuple[nn.Module, nn.Linear], inputs: dict[str, torch.Tensor],
-                         chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+                         chunk_size: int, extras: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(loss sum, correct next-token count, trainable-token count) of one micro-batch; see the
-    module docstring. `parts` is `decoder_and_head(model)`."""
+    module docstring. `parts` is `decoder_and_head(model)`. `extras` receives the model output's
+    `aux_loss` (a mixture-of-experts router's load-balancing loss), when it has one."""
     decoder, head = parts
     labels = inputs["labels"]
     captured: dict[str, torch.Tensor] = {}
@@ -148,9 +152,11 @@ def trainable_token_loss(model: nn.Module, parts: tuple[nn.Module, nn.Linear], i
     handle = decoder.register_forward_hook(grab)
     try:
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        model(**model_inputs, logits_to_keep=1, use_cache=False)
+        output = model(**model_inputs, logits_to_keep=1, use_cache=False)
     finally:
         handle.remove()
+    if extras is not None:
+        extras["aux_loss"] = getattr(output, "aux_loss", None)
     hidden = captured["hidden"]
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
@@ -210,7 +216,7 @@ def loss_inside_head(head: nn.Module, labels: torch.Tensor, chunk_size: int) -> 
 
 
 def head_trainable_token_loss(model: nn.Module, head: nn.Module, inputs: dict[str, torch.Tensor],
-                              chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+                              chunk_size: int, extras: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """`trainable_token_loss` computed inside `head`'s forward: correct under FSDP2 and ZeRO-3, where
     the head's weight is sharded outside it. Same return value; `model` may be wrapped."""
     labels = inputs["labels"]
@@ -222,4 +228,6 @@ def head_trainable_token_loss(model: nn.Module, head: nn.Module, inputs: dict[st
     packed = output.logits if hasattr(output, "logits") else output[0]
     if packed.numel() != 1:
         raise RuntimeError(f"the model post-processed its head output into shape {tuple(packed.shape)}")
+    if extras is not None:
+        extras["aux_loss"] = getattr(output, "aux_loss", None)
     return packed.sum(), result["correct"], result["count"]  # the sum of one element: exact, not a view

@@ -118,12 +118,26 @@ def init_new_embeddings(model, token_ids: Sequence[int]) -> None:
                 head.bias[ids] = head.bias[:ids[0]].mean()
 
 
+def with_attention(build, requested: str | None, where: str):
+    """`build(attn_implementation)`: the recipe's choice, else our default (flash-attention 2 or
+    SDPA), else, for an architecture that supports neither (gpt-oss needs eager attention for its
+    sinks), transformers' own choice for it. A requested one it does not support is one line."""
+    try:
+        return build(requested or default_attention())
+    except ValueError as exc:
+        if "does not support" not in str(exc):
+            raise
+        if requested:
+            raise UserError(f"{where}: attn_implementation {requested}: {one_line(exc)}") from None
+    return build(None)
+
+
 def load_model(config: SFTConfig, tokenizer, new_token_ids: Sequence[int] = ()):
     """The model the recipe describes, on CPU in the dtype training will use; `new_token_ids` are
     tokens added to the vocabulary for the chat template (see `init_new_embeddings`)."""
     precision = resolve_precision(config.precision)
     dtype = torch.bfloat16 if precision == "bf16" and config.lora is not None else torch.float32
-    attn = config.attn_implementation or default_attention()
+    attn = config.attn_implementation
     if config.from_scratch:
         kwargs = dict(config.model_config or {})
         model_type = kwargs.pop("model_type")
@@ -137,7 +151,8 @@ def load_model(config: SFTConfig, tokenizer, new_token_ids: Sequence[int] = ()):
             model_config = AutoConfig.for_model(model_type, **kwargs)
         except (ValueError, TypeError) as exc:
             raise UserError(f"model_config: {one_line(exc)}") from None
-        model = AutoModelForCausalLM.from_config(model_config, attn_implementation=attn, dtype=dtype)
+        model = with_attention(lambda a: AutoModelForCausalLM.from_config(model_config, attn_implementation=a,
+                                                                          dtype=dtype), attn, "model_config")
         log.info("built %s from config: %.2fM parameters", model_type, model.num_parameters() / 1e6)
         return model
     name = config.model_name
@@ -145,10 +160,10 @@ def load_model(config: SFTConfig, tokenizer, new_token_ids: Sequence[int] = ()):
     check_local_or_hub(name, "model")
     quantized = quantization_config(config.lora)  # QLoRA: 4-bit base weights, or None
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=dtype, attn_implementation=attn, use_safetensors=True,
+        model = with_attention(lambda a: AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, attn_implementation=a, use_safetensors=True,
             trust_remote_code=config.trust_remote_code, quantization_config=quantized,
-        )
+        ), attn, name)
     except (OSError, ValueError) as exc:
         raise UserError(f"{name}: cannot load model ({one_line(exc)})") from None
     log.info("loaded %s: %.2fM parameters", name, model.num_parameters() / 1e6)

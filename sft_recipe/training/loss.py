@@ -5,24 +5,44 @@ Three paths (the kernels are in `model/chunked_loss.py`):
   projected chunk by chunk (`trainable_token_loss`);
 - `inside_head`: the same loss computed inside the head's forward, where FSDP2 or ZeRO-3 has
   gathered the head's weight (`head_trainable_token_loss`);
-- `own`: the model's own loss, when `loss_chunk_size` is 0 or the model's head is not a plain
-  linear layer whose output is the logits.
+- `own`: the model's own loss, when `loss_chunk_size` is 0, when the model's head is not a plain
+  linear layer, or when `verify` finds that the fast loss differs from the model's own logits on a
+  real batch (soft-capping, logit scaling, a multiplier or norm after the head: whatever the
+  architecture does, the check sees it).
 `LossPath.reason` says why the path was chosen; the trainer logs it once.
 
-Evaluation sums (`EvalCounts`) are explicit state that the trainer's prediction step adds to and
-its evaluation loop reads, so `eval_loss` is the mean over every held-out trainable token.
+Whatever the path, evaluation scores the same thing: the cross-entropy of the model's next-token
+prediction at every trainable position, summed into `EvalCounts` (explicit state that the
+trainer's prediction step adds to and its evaluation loop reads), so `eval_loss` is the mean over
+every held-out trainable token and `eval_token_accuracy` is always there. A mixture-of-experts
+router's load-balancing loss (`output_router_logits` in the model's config) is added to the
+training loss as the model's own loss adds it, and logged as `aux_loss`; it is not part of
+`eval_loss`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..model.chunked_loss import decoder_and_head, head_trainable_token_loss, trainable_token_loss
+from ..data.mask import IGNORE_INDEX
+from ..model.chunked_loss import (
+    ChunkedLinearCrossEntropy,
+    decoder_and_head,
+    head_trainable_token_loss,
+    trainable_token_loss,
+)
 
 CHUNKED, INSIDE_HEAD, OWN = "chunked", "inside_head", "own"
+# The fast loss and the model's own logits agree to float rounding where the head is a plain
+# linear layer (about 1e-7 in fp32); any transformation of the logits shows far above this.
+VERIFY_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
+HALF_TOLERANCE = 5e-3
 
 
 @dataclass
@@ -42,12 +62,36 @@ class EvalCounts:
         return torch.tensor([self.loss_sum, self.correct, self.targets], dtype=torch.float64, device=device)
 
 
+def logits_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(cross-entropy sum, correct count, count) of next-token predictions at trainable positions,
+    from full logits, in fp32 (as the transformers loss upcasts)."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    selected = logits[:, :-1][keep].float()
+    wanted = targets[keep]
+    loss_sum = F.cross_entropy(selected, wanted, reduction="sum")
+    correct = (selected.argmax(-1) == wanted).sum()
+    return loss_sum, correct, int(keep.sum())
+
+
+def router_aux_loss(model: nn.Module, aux_loss: Any) -> torch.Tensor | None:
+    """coef x the router's load-balancing loss, when the model's config asks for it. The coefficient's
+    name varies (`router_aux_loss_coef`, JetMoE's `aux_loss_coef`); `LossPath.verify` compares the
+    sum with the model's own loss, so a name not known here falls back to the model's own loss."""
+    config = getattr(model, "config", None)
+    if aux_loss is None or not getattr(config, "output_router_logits", False):
+        return None
+    coef = next((getattr(config, n) for n in ("router_aux_loss_coef", "aux_loss_coef") if hasattr(config, n)), 0.0)
+    return coef * aux_loss
+
+
 class LossPath:
     """The loss a model is trained and evaluated with; see the module docstring."""
 
     def __init__(self, model: nn.Module, chunk_size: int, sharded: bool) -> None:
         self.chunk_size = chunk_size
         self.parts = decoder_and_head(model) if chunk_size else None
+        self.checked = False
         if not chunk_size:
             self.kind, self.reason = OWN, "loss_chunk_size is 0: the model's own loss"
         elif self.parts is None:
@@ -63,8 +107,58 @@ class LossPath:
     def own(self) -> bool:
         return self.kind == OWN
 
-    def sums(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def sums(self, model: nn.Module, inputs: dict[str, torch.Tensor],
+             extras: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(loss sum, correct next-token count, trainable-token count) of one micro-batch."""
+        if self.kind == OWN:
+            output = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+            return logits_sums(output.logits, inputs["labels"])
         if self.kind == INSIDE_HEAD:
-            return head_trainable_token_loss(model, self.parts[1], inputs, self.chunk_size)  # type: ignore[index]
-        return trainable_token_loss(model, self.parts, inputs, self.chunk_size)  # type: ignore[arg-type]
+            return head_trainable_token_loss(model, self.parts[1], inputs, self.chunk_size, extras)  # type: ignore[index]
+        return trainable_token_loss(model, self.parts, inputs, self.chunk_size, extras)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def verify(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> float | None:
+        """Compare the fast loss with the model's own logits on a real batch, in one forward pass;
+        where they differ beyond rounding, switch to the model's own loss (the reason says so).
+        Returns the relative difference, or None when there was nothing to check."""
+        if self.kind == OWN or self.parts is None or not bool((inputs["labels"][:, 1:] != IGNORE_INDEX).any()):
+            return None
+        decoder, head = self.parts
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab(_module, _args, output):
+            captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+        handle = decoder.register_forward_hook(grab)
+        was_training = model.training
+        model.eval()
+        try:
+            output = model(**inputs, use_cache=False)  # with labels: the model's own loss, router loss included
+        finally:
+            handle.remove()
+            model.train(was_training)
+        labels = inputs["labels"]
+        own, _, count = logits_sums(output.logits, labels)
+        self.checked = True
+        if "hidden" not in captured:  # the model bypasses its own base model (OPT calls the decoder directly)
+            self.kind, self.parts = OWN, None
+            self.reason = (f"{type(model).__name__} does not run its base model's forward, so its hidden states "
+                           f"cannot be captured: the model's own loss")
+            return None
+        keep = labels[:, 1:] != IGNORE_INDEX
+        bias = head.bias.detach() if head.bias is not None else None
+        fast, _ = ChunkedLinearCrossEntropy.apply(captured["hidden"][:, :-1][keep].detach(), head.weight.detach(),
+                                                  bias, labels[:, 1:][keep], self.chunk_size)
+        difference = abs(float(fast) - float(own)) / max(abs(float(own)), 1e-12)
+        if getattr(output, "loss", None) is not None and count:  # the whole loss, as training computes it
+            aux = router_aux_loss(model, getattr(output, "aux_loss", None))
+            ours = float(fast) / count + (float(aux) if aux is not None else 0.0)
+            difference = max(difference, abs(ours - float(output.loss)) / max(abs(float(output.loss)), 1e-12))
+        tolerance = VERIFY_TOLERANCE.get(head.weight.dtype, HALF_TOLERANCE)
+        if not math.isfinite(difference) or difference > tolerance:
+            self.kind, self.parts = OWN, None
+            self.reason = (f"the trainable-token loss differs from {type(model).__name__}'s own logits or loss by "
+                           f"{difference:.1e} (relative) on the first {count} evaluation tokens (the head or the "
+                           f"loss does more than a linear projection and a shifted cross-entropy): the model's own loss")
+        return difference

@@ -33,7 +33,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..rundir.layout import CHECKPOINT_PREFIX
 from ..rundir.checkpoints import saving
-from .loss import EvalCounts, LossPath
+from .loss import EvalCounts, LossPath, router_aux_loss
 
 log = logging.getLogger("sft_recipe")
 
@@ -65,10 +65,12 @@ class SFTTrainer(Trainer):
         self.loss_path = LossPath(self.model, loss_chunk_size, sharded)
         if sharded and loss_chunk_size and self.loss_path.own:
             log.info("sharded training: %s", self.loss_path.reason)
+        self._own_loss_kwargs = self.model_accepts_loss_kwargs  # what the Trainer decided for the model's loss
         if not self.loss_path.own:
             # We normalise by `num_items_in_batch` ourselves, so ask the Trainer to count it.
             self.model_accepts_loss_kwargs = True
         self.eval_counts = EvalCounts()
+        self.aux_losses: list[torch.Tensor] = []  # router load-balancing losses since the last log
         self.trainable_tokens_seen: torch.Tensor | int = 0  # all processes, this session; see `log`
 
     def get_train_dataloader(self):
@@ -106,26 +108,46 @@ class SFTTrainer(Trainer):
         return batch_samples, num_items_in_batch
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Training logs also carry `trainable_tokens_seen`, next to the Trainer's `num_input_tokens_seen`."""
+        """Training logs also carry `trainable_tokens_seen`, next to the Trainer's `num_input_tokens_seen`,
+        and a mixture of experts' `aux_loss` (the mean router loss since the last log, coefficient applied)."""
         if "loss" in logs:
             logs["trainable_tokens_seen"] = int(self.trainable_tokens_seen)
+            if self.aux_losses:
+                logs["aux_loss"] = float(torch.stack(self.aux_losses).mean())
+                self.aux_losses = []
         super().log(logs, start_time)
+
+    def verify_loss(self, rows: Any) -> None:
+        """Before any step: the fast loss must equal the model's own logits on real rows (a few
+        evaluation rows, one forward pass), else the model's own loss is used; the path is said once."""
+        if rows is not None and len(rows) and not self.loss_path.own and not is_deepspeed_zero3_enabled():
+            batch = self.data_collator([rows[i] for i in range(min(len(rows), 4))])
+            self.loss_path.verify(self.model, self._prepare_inputs(batch))
+            if self.loss_path.own:
+                self.model_accepts_loss_kwargs = self._own_loss_kwargs
+        if self.loss_path.own:
+            log.info("loss: %s", self.loss_path.reason)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.loss_path.own or return_outputs:  # outputs wanted: the model's own forward gives logits
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss_sum, _, count = self.loss_path.sums(model, inputs)
+        extras: dict[str, Any] = {}
+        loss_sum, _, count = self.loss_path.sums(model, inputs, extras)
         denominator = num_items_in_batch if num_items_in_batch is not None else count
         loss = loss_sum / torch.clamp(torch.as_tensor(denominator, device=loss_sum.device), min=1)
+        aux = router_aux_loss(self.model, extras.get("aux_loss"))
+        if aux is not None:  # added per micro-batch, exactly as the model's own loss adds it
+            loss = loss + aux.to(loss.device)
+            self.aux_losses.append(aux.detach().float())
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # DDP averages gradients over processes; the token count is already global.
             loss = loss * self.accelerator.num_processes
         return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """A loss-only evaluation step adds its sums to `eval_counts`; with the model's own loss, or
-        when predictions are wanted, the Trainer's step (and its per-batch mean) is used."""
-        if self.loss_path.own or not prediction_loss_only:
+        """A loss-only evaluation step adds its sums to `eval_counts`, computed from the model's
+        logits on the model's own path; when predictions are wanted, the Trainer's step is used."""
+        if not prediction_loss_only:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
