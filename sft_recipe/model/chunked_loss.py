@@ -126,7 +126,9 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     # The module whose output the head reads: `get_decoder` where the model names it (OPT runs its
     # decoder, not its base model), else the base model. `training.loss.LossPath.verify` checks it.
     get_decoder = getattr(inner, "get_decoder", None)
-    decoder = get_decoder() if callable(get_decoder) else getattr(inner, "base_model", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    if decoder is None or decoder is head or not isinstance(decoder, nn.Module):  # ModernBERT: `decoder` is its head
+        decoder = getattr(inner, "base_model", None)
     if config is None or type(head) is not nn.Linear or decoder is None or decoder is inner:
         return None
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) \

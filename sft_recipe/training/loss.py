@@ -8,7 +8,9 @@ Three paths (the kernels are in `model/chunked_loss.py`):
 - `own`: the model's own loss, when `loss_chunk_size` is 0, when the model's head is not a plain
   linear layer, or when `verify` finds that the fast loss differs from the model's own logits on a
   real batch (soft-capping, logit scaling, a multiplier or norm after the head: whatever the
-  architecture does, the check sees it).
+  architecture does, the check sees it);
+- `logits`: the shifted cross-entropy of the model's full logits, where `verify` finds that the
+  model's own loss is something else (a decoder that does not shift its labels).
 `LossPath.reason` says why the path was chosen; the trainer logs it once.
 
 Whatever the path, evaluation scores the same thing: the cross-entropy of the model's next-token
@@ -38,7 +40,7 @@ from ..model.chunked_loss import (
     trainable_token_loss,
 )
 
-CHUNKED, INSIDE_HEAD, OWN = "chunked", "inside_head", "own"
+CHUNKED, INSIDE_HEAD, OWN, LOGITS = "chunked", "inside_head", "own", "logits"
 # The fast loss and the model's own logits agree to float rounding where the head is a plain
 # linear layer (about 1e-7 in fp32); any transformation of the logits shows far above this.
 VERIFY_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
@@ -91,7 +93,6 @@ class LossPath:
     def __init__(self, model: nn.Module, chunk_size: int, sharded: bool) -> None:
         self.chunk_size = chunk_size
         self.parts = decoder_and_head(model) if chunk_size else None
-        self.checked = False
         if not chunk_size:
             self.kind, self.reason = OWN, "loss_chunk_size is 0: the model's own loss"
         elif self.parts is None:
@@ -110,55 +111,86 @@ class LossPath:
     def sums(self, model: nn.Module, inputs: dict[str, torch.Tensor],
              extras: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(loss sum, correct next-token count, trainable-token count) of one micro-batch."""
-        if self.kind == OWN:
+        if self.kind in (OWN, LOGITS):
             output = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+            if extras is not None:
+                extras["aux_loss"] = getattr(output, "aux_loss", None)
             return logits_sums(output.logits, inputs["labels"])
         if self.kind == INSIDE_HEAD:
             return head_trainable_token_loss(model, self.parts[1], inputs, self.chunk_size, extras)  # type: ignore[index]
         return trainable_token_loss(model, self.parts, inputs, self.chunk_size, extras)  # type: ignore[arg-type]
 
+    def switch(self, kind: str, reason: str) -> None:
+        self.kind, self.reason = kind, reason
+        if kind != CHUNKED and kind != INSIDE_HEAD:
+            self.parts = None
+
     @torch.no_grad()
     def verify(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> float | None:
-        """Compare the fast loss with the model's own logits on a real batch, in one forward pass;
-        where they differ beyond rounding, switch to the model's own loss (the reason says so).
-        Returns the relative difference, or None when there was nothing to check."""
-        if self.kind == OWN or self.parts is None or not bool((inputs["labels"][:, 1:] != IGNORE_INDEX).any()):
+        """One forward pass on real rows: the fast loss must equal the cross-entropy of the model's
+        own logits, and the model's own loss must be that cross-entropy (plus its router loss).
+        Where the first fails, the model's own loss is used; where the second fails, the
+        cross-entropy of its logits (TrOCR does not shift its labels). Returns the largest relative
+        difference, or None when there was nothing to check."""
+        labels = inputs["labels"]
+        if not bool((labels[:, 1:] != IGNORE_INDEX).any()):
             return None
-        decoder, head = self.parts
         captured: dict[str, torch.Tensor] = {}
 
         def grab(_module, _args, output):
-            captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+            hidden = output if isinstance(output, torch.Tensor) else output[0] if isinstance(output, tuple) \
+                else getattr(output, "last_hidden_state", None)
+            if isinstance(hidden, torch.Tensor):
+                captured["hidden"] = hidden
 
-        handle = decoder.register_forward_hook(grab)
+        handle = self.parts[0].register_forward_hook(grab) if self.parts is not None else None
         was_training = model.training
         model.eval()
         try:
-            output = model(**inputs, use_cache=False)  # with labels: the model's own loss, router loss included
+            try:
+                output = model(**inputs, use_cache=False)  # with labels: the model's own loss, router loss included
+            except Exception:  # the model's own loss cannot run here (GIT wants images): judge by the logits
+                captured.clear()
+                output = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
         finally:
-            handle.remove()
+            if handle is not None:
+                handle.remove()
             model.train(was_training)
-        labels = inputs["labels"]
         own, _, count = logits_sums(output.logits, labels)
-        self.checked = True
-        if "hidden" not in captured:  # the model bypasses its own base model (OPT calls the decoder directly)
-            self.kind, self.parts = OWN, None
-            self.reason = (f"{type(model).__name__} does not run its base model's forward, so its hidden states "
-                           f"cannot be captured: the model's own loss")
-            return None
-        keep = labels[:, 1:] != IGNORE_INDEX
-        bias = head.bias.detach() if head.bias is not None else None
-        fast, _ = ChunkedLinearCrossEntropy.apply(captured["hidden"][:, :-1][keep].detach(), head.weight.detach(),
-                                                  bias, labels[:, 1:][keep], self.chunk_size)
-        difference = abs(float(fast) - float(own)) / max(abs(float(own)), 1e-12)
-        if getattr(output, "loss", None) is not None and count:  # the whole loss, as training computes it
+        name = type(model).__name__
+        differences = [0.0]
+        if self.kind == CHUNKED:
+            hidden = captured.get("hidden")
+            head = self.parts[1]  # type: ignore[index]
+            if hidden is None or hidden.shape[:2] != labels.shape or hidden.shape[-1] != head.in_features:
+                self.switch(OWN, f"{name}'s hidden states before the head cannot be captured: the model's own loss")
+            else:
+                keep = labels[:, 1:] != IGNORE_INDEX
+                bias = head.bias.detach() if head.bias is not None else None
+                fast, _ = ChunkedLinearCrossEntropy.apply(hidden[:, :-1][keep].detach(), head.weight.detach(), bias,
+                                                          labels[:, 1:][keep], self.chunk_size)
+                differences.append(relative(float(fast), float(own)))
+                if not differences[-1] <= tolerance(output.logits):
+                    self.switch(OWN, f"the trainable-token loss differs from {name}'s own logits by "
+                                     f"{differences[-1]:.1e} (relative) on {count} evaluation tokens (the head does more "
+                                     f"than a linear projection): the model's own loss")
+        loss = getattr(output, "loss", None)
+        if loss is not None:
             aux = router_aux_loss(model, getattr(output, "aux_loss", None))
-            ours = float(fast) / count + (float(aux) if aux is not None else 0.0)
-            difference = max(difference, abs(ours - float(output.loss)) / max(abs(float(output.loss)), 1e-12))
-        tolerance = VERIFY_TOLERANCE.get(head.weight.dtype, HALF_TOLERANCE)
-        if not math.isfinite(difference) or difference > tolerance:
-            self.kind, self.parts = OWN, None
-            self.reason = (f"the trainable-token loss differs from {type(model).__name__}'s own logits or loss by "
-                           f"{difference:.1e} (relative) on the first {count} evaluation tokens (the head or the "
-                           f"loss does more than a linear projection and a shifted cross-entropy): the model's own loss")
-        return difference
+            differences.append(relative(float(own) / count + (float(aux) if aux is not None else 0.0), float(loss)))
+            if not differences[-1] <= tolerance(output.logits):
+                if getattr(output, "aux_loss", None) is not None:  # a router coefficient we cannot read
+                    self.switch(OWN, f"{name}'s own loss adds a router loss whose coefficient sft-recipe cannot "
+                                     f"read: the model's own loss")
+                elif self.kind == OWN:
+                    self.switch(LOGITS, f"{name}'s own loss is not the shifted cross-entropy of its logits "
+                                        f"({differences[-1]:.1e} apart): the cross-entropy of its logits")
+        return max(differences)
+
+
+def relative(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+def tolerance(logits: torch.Tensor) -> float:
+    return VERIFY_TOLERANCE.get(logits.dtype, HALF_TOLERANCE)

@@ -33,7 +33,8 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..rundir.layout import CHECKPOINT_PREFIX
 from ..rundir.checkpoints import saving
-from .loss import EvalCounts, LossPath, router_aux_loss
+from ..errors import UserError, one_line
+from .loss import LOGITS, OWN, EvalCounts, LossPath, router_aux_loss
 
 log = logging.getLogger("sft_recipe")
 
@@ -120,12 +121,15 @@ class SFTTrainer(Trainer):
     def verify_loss(self, rows: Any) -> None:
         """Before any step: the fast loss must equal the model's own logits on real rows (a few
         evaluation rows, one forward pass), else the model's own loss is used; the path is said once."""
-        if rows is not None and len(rows) and not self.loss_path.own and not is_deepspeed_zero3_enabled():
+        if rows is not None and len(rows) and not is_deepspeed_zero3_enabled():
             batch = self.data_collator([rows[i] for i in range(min(len(rows), 4))])
-            self.loss_path.verify(self.model, self._prepare_inputs(batch))
-            if self.loss_path.own:
-                self.model_accepts_loss_kwargs = self._own_loss_kwargs
-        if self.loss_path.own:
+            try:
+                self.loss_path.verify(self.model, self._prepare_inputs(batch))
+            except Exception as exc:  # before any step: a model that cannot run here says so in one line
+                raise UserError(f"{type(self.model).__name__}: a forward pass on the first evaluation rows failed: "
+                                f"{one_line(exc)}") from None
+            self.model_accepts_loss_kwargs = self._own_loss_kwargs if self.loss_path.own else True
+        if self.loss_path.kind in (OWN, LOGITS):
             log.info("loss: %s", self.loss_path.reason)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
