@@ -13,7 +13,7 @@ from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.data.chat_template import TEMPLATE_DIR, setup_chat_template
 from sft_recipe.formats.messages import validate_conversations
 from sft_recipe.data.mask import IGNORE_INDEX
-from sft_recipe.data.tokenization import tokenize_messages
+from sft_recipe.data.chat_rows import tokenize_messages
 
 X = IGNORE_INDEX
 START, END, USER, ASSISTANT, SYSTEM = 26, 27, 23, 24, 25

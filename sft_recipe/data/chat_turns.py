@@ -46,6 +46,8 @@ from .chat_template import (
     render,
     template_source,
 )
+from .literal import encode as encode_literal
+from .literal import literal_spans, message_texts, special_strings
 from .mask import span_labels
 from ..formats.conversation import normalise_messages
 
@@ -144,11 +146,14 @@ def _generation_spans(tokenizer, messages, tools, kwargs, template) -> tuple[str
 
 
 def locate_turns(tokenizer, messages: Any, *, tools: Any = None, train_on: str = "all_assistant",
-                 chat_template_kwargs: Mapping | None = None) -> tuple[str, list[Turn]]:
-    """The whole rendering and every assistant turn's trained span in it (see the module docstring)."""
+                 chat_template_kwargs: Mapping | None = None, untrained: frozenset[int] = frozenset(),
+                 text_arguments: bool = False) -> tuple[str, list[Turn]]:
+    """The whole rendering and every assistant turn's trained span in it (see the module docstring).
+    Turns whose message index is in `untrained` are located but not trained (they are trained in a
+    row of their own: `chat_rows`); `text_arguments` keeps JSON-string tool-call arguments as text."""
     if train_on not in TRAIN_ON:
         raise DataError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
-    messages, tools = normalise_messages(messages, tools)
+    messages, tools = normalise_messages(messages, tools, keep_text_arguments=text_arguments)
     kwargs = dict(chat_template_kwargs or {})
     template = template_source(tokenizer, kwargs)
     check_tool_support(template, messages, tools)
@@ -194,6 +199,7 @@ def locate_turns(tokenizer, messages: Any, *, tools: Any = None, train_on: str =
                         else rs
                 else:
                     start, content_end = _search_turn(whole, messages[i], i, pos, prompt, rend(messages[:i], False))
+            content_end = _past_own_text(whole, messages[i], content_end, markers)
             marker = _next_marker(whole, markers, content_end)
             if marker is None:
                 raise DataError(f"key 'messages[{i}]': the assistant turn is not closed by an end-of-turn marker "
@@ -202,9 +208,20 @@ def locate_turns(tokenizer, messages: Any, *, tools: Any = None, train_on: str =
             pos = marker[1]
     turns = []
     for n, (i, (s, e)) in enumerate(zip(assistants, spans)):
-        selected = train_on == "all_assistant" or n == len(assistants) - 1
+        selected = (train_on == "all_assistant" or n == len(assistants) - 1) and i not in untrained
         turns.append(Turn(i, s, e, _has_text(messages[i], reasoning=False) and selected and e > s))
     return whole, turns
+
+
+def _past_own_text(whole: str, message: dict, content_end: int, markers: Sequence[str]) -> int:
+    """Where the turn's own text ends, when that text spells an end-of-turn marker (an answer quoting
+    `<|im_end|>`): the turn's end is the first marker after it, not the quoted one."""
+    for text in (message.get("reasoning_content"), message.get("content")):
+        if isinstance(text, str) and any(m in text for m in markers):
+            at = whole.find(text, content_end)
+            if at >= 0:
+                content_end = at + len(text)
+    return content_end
 
 
 def _has_text(message: dict, reasoning: bool = True) -> bool:
@@ -240,6 +257,11 @@ def encode_conversation(tokenizer, messages: Any, *, tools: Any = None, train_on
     """(input_ids, labels) for one conversation; labels are IGNORE_INDEX except on trained spans."""
     whole, turns = locate_turns(tokenizer, messages, tools=tools, train_on=train_on,
                                 chat_template_kwargs=chat_template_kwargs)
-    enc = tokenizer(whole, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    return ids, span_labels(whole, ids, enc["offset_mapping"], [(t.start, t.end) for t in turns if t.trained])
+    return tokenize_turns(tokenizer, whole, turns, messages)
+
+
+def tokenize_turns(tokenizer, whole: str, turns: Sequence[Turn], messages: Sequence[dict]) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of a rendering; special-token spellings inside the messages stay text."""
+    literal = literal_spans(whole, message_texts(messages), special_strings(tokenizer))
+    ids, offsets = encode_literal(tokenizer, whole, literal)
+    return ids, span_labels(whole, ids, offsets, [(t.start, t.end) for t in turns if t.trained])

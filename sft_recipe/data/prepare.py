@@ -28,7 +28,10 @@ from .packing import pack_rows
 from .stats import TokenStats, row_stats, total_stats
 from .stream_mixture import prepare_stream_mixture
 from .streaming import prepare_stream
-from .tokenization import tokenize_messages, tokenize_prompt_completion, tokenize_text
+from .chat_rows import tokenize_messages
+from .chat_template import template_name
+from .fidelity import FidelityReport
+from .tokenization import tokenize_prompt_completion, tokenize_text
 
 log = logging.getLogger(__name__)
 # Enough rows for a stable train-sample estimate; more only slows every evaluation down.
@@ -97,8 +100,12 @@ def tokenize_splits(config: SFTConfig, tokenizer, raw, dropped_empty: int) -> Pr
         return PreparedData(train, eval_, None, {k: v.to_dict() for k, v in split_stats.items()})
     train_raw, eval_raw = split_rows(raw, config.eval_fraction, config.seed, source)
     if "messages" in train_raw.column_names:  # also prompt/completion given as message lists
-        tokenized = {name: tokenize_messages(part, tokenizer, config)
+        report = FidelityReport(source)
+        tokenized = {name: tokenize_messages(part, tokenizer, config, report)
                      for name, part in (("train", train_raw), ("eval", eval_raw))}
+        hint = "set train_dropped_reasoning: true to train the reasoning it drops, or " \
+            if report.counts["reasoning"] and not config.train_dropped_reasoning else ""
+        report.enforce(config.data_fidelity, template_name(config), hint)
         stats = {name: s for name, (_, s) in tokenized.items()}
         train, eval_ = tokenized["train"][0], tokenized["eval"][0]
     else:

@@ -10,7 +10,6 @@ position in the stream.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import datasets
 from datasets.distributed import split_dataset_by_node

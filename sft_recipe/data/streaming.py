@@ -31,7 +31,10 @@ from ..formats import Form, canonical_row
 from .mask import Example
 from .stats import TokenStats
 from .stream_source import builder_of, node_share, open_stream
-from .tokenization import conversation_encoder, prompt_completion_encoder, text_encoder
+from .chat_rows import conversation_encoder
+from .chat_template import template_name
+from .fidelity import FidelityReport
+from .tokenization import prompt_completion_encoder, text_encoder
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +153,12 @@ def row_encoder(config: SFTConfig, tokenizer, where: str) -> Encode:
         if "messages" in row:
             if not chat:
                 chat.append(conversation_encoder(tokenizer, config))
-            example, _ = chat[0](row["messages"], row["tools"], n)
-            return [example] if example is not None else []
+            examples, _, lost = chat[0](row["messages"], row["tools"], n)
+            if lost:  # a stream is audited row by row: the first loss is said (or is the error) at once
+                report = FidelityReport(f"{where}")
+                report.add(n, lost)
+                report.enforce(config.data_fidelity, template_name(config))
+            return examples
         if not row["completion"].strip():
             return []
         out = pc({"prompt": [row["prompt"]], "completion": [row["completion"]]})

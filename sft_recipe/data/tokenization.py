@@ -4,32 +4,22 @@ All tokenization runs in batched `datasets.map` calls: fast tokenizers encode a 
 Rust, `num_proc` spreads large datasets over cores, and the map cache means a second run of the
 same recipe does not tokenize again. Which tokens are trained is decided in `mask.py`.
 
-Conversations are rendered once each and masked by the turns `chat_turns.py` locates.
+Conversations are in `chat_rows.py` (rendered once each, masked by the turns `chat_turns.py` locates).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
-from typing import Any, Callable
+from typing import Callable
 
-import datasets
 
-from ..recipe.config import SFTConfig
-from ..errors import DataError, RecipeError
-from .chat_template import end_of_turn_markers, require_template, template_name, template_notes
-from .chat_turns import encode_conversation
+from ..errors import DataError
 from .mask import (
-    DROP_EMPTY,
-    DROP_TOO_LONG,
-    DROP_UNANSWERED,
     Example,
     build_example,
-    fit_turns,
     to_blocks,
 )
-from ..formats.conversation import normalise_messages
 from .stats import TokenStats
 
 log = logging.getLogger(__name__)
@@ -148,79 +138,5 @@ def text_encoder(tokenizer, add_eos: bool) -> Callable[[dict[str, list]], dict[s
     def encode(batch: dict[str, list]) -> dict[str, list]:
         ids = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False)["input_ids"]
         return {"ids": [row + [eos] for row in ids] if add_eos else ids}
-
-    return encode
-
-
-# --- conversations ---------------------------------------------------------------------------
-
-_NOTED: set[str] = set()  # template notes already said in this process
-
-
-def tokenize_messages(dataset, tokenizer, config: SFTConfig):
-    """Conversations -> masked training rows plus counts (batched map; rules in mask.py, turn
-    location in chat_turns.py). Errors name the source row (`source_row`, set by validation)."""
-    encode_one = conversation_encoder(tokenizer, config)
-    has_tools = "tools" in dataset.column_names
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        examples, reasons = [], []
-        tools_column = batch["tools"] if has_tools else [None] * len(batch["messages"])
-        for messages, tools, row in zip(batch["messages"], tools_column, batch["source_row"]):
-            example, reason = encode_one(messages, tools, row)
-            examples.append(example)
-            reasons.append(reason)
-        placeholder = Example([], [], False)  # dropped rows are filtered out below, after counting
-        columns = examples_to_columns([e or placeholder for e in examples])
-        return {**columns, "drop": reasons}
-
-    int_list = datasets.List(datasets.Value("int64"))
-    features = datasets.Features({"input_ids": int_list, "labels": int_list, "length": datasets.Value("int64"),
-                                  "truncated": datasets.Value("bool"), "trainable": datasets.Value("int64"),
-                                  "drop": datasets.Value("string")})
-    tokenized = dataset.map(encode, batched=True, remove_columns=dataset.column_names, features=features,
-                            num_proc=resolve_num_proc(config.num_proc, len(dataset)), desc="Tokenizing")
-    reasons = Counter(tokenized["drop"])
-    kept = tokenized.filter(lambda drop: [d == "" for d in drop], input_columns="drop", batched=True)
-    kept = kept.remove_columns("drop")
-    stats = TokenStats(
-        rows=len(dataset), kept=len(kept), truncated=int(sum(kept["truncated"])),
-        dropped_empty=reasons[DROP_EMPTY], dropped_too_long=reasons[DROP_TOO_LONG],
-        dropped_other=reasons[DROP_UNANSWERED], tokens=int(sum(kept["length"])),
-        trainable_tokens=int(sum(kept["trainable"])),
-    )
-    if reasons[DROP_UNANSWERED]:
-        log.warning("dropped %d conversations that do not end on an assistant turn (no answer to learn)",
-                    reasons[DROP_UNANSWERED])
-    if reasons[DROP_EMPTY]:
-        log.warning("dropped %d conversations whose assistant turns are all empty", reasons[DROP_EMPTY])
-    return kept, stats
-
-
-def conversation_encoder(tokenizer, config: SFTConfig) -> Callable[..., tuple[Example | None, str]]:
-    """`(messages, tools, row) -> (example or None, drop reason)`: one conversation, as `tokenize_messages`
-    and streaming (`streaming.py`) both encode it. Checks the template once, up front."""
-    require_template(tokenizer, config)
-    kwargs = dict(config.chat_template_kwargs)
-    try:
-        end_of_turn_markers(tokenizer, kwargs)  # fail now, not after a run that never learned to stop
-    except RecipeError as exc:
-        raise RecipeError(f"{template_name(config)}: {exc}") from None
-    for note in template_notes(tokenizer, kwargs):
-        if note not in _NOTED:  # once per run, however many sources share the template
-            _NOTED.add(note)
-            log.warning("%s: %s", template_name(config), note)
-    where = config.dataset or "dataset"
-
-    def encode(messages: Any, tools: Any, row: int) -> tuple[Example | None, str]:
-        try:
-            messages, tools = normalise_messages(messages, tools)
-            if not messages or messages[-1]["role"] != "assistant":
-                return None, DROP_UNANSWERED
-            ids, labels = encode_conversation(tokenizer, messages, tools=tools, train_on=config.train_on,
-                                              chat_template_kwargs=kwargs)
-        except DataError as exc:
-            raise DataError(f"{where}: row {row}: {exc}") from None
-        return fit_turns(ids, labels, config.max_length)
 
     return encode

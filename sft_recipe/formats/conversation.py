@@ -8,7 +8,7 @@ JSON schemas (or a JSON string of one).
 
 Keys whose value is None are dropped, recursively: Hugging Face `datasets` unifies struct fields
 across rows, so mapping-valued arguments and tool schemas arrive with every other row's keys set
-to None. JSON strings are parsed after that, so a dataset that needs an explicit null argument
+to None. List items that are None are the user's and stay. JSON strings are parsed after that, so a dataset that needs an explicit null argument
 passes its arguments (or tools) as JSON strings.
 """
 
@@ -29,10 +29,12 @@ def _kind(value: Any) -> str:
 
 
 def _drop_none(value: Any) -> Any:
+    """None-valued *keys* are what `datasets` adds when it unifies structs across rows; a None *item*
+    of a list is the user's own null (`"ids": [1, null, 3]`) and stays."""
     if isinstance(value, Mapping):
         return {k: _drop_none(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
-        return [_drop_none(v) for v in value if v is not None]
+        return [_drop_none(v) for v in value]
     return value
 
 
@@ -63,7 +65,7 @@ def _normalise_tools(tools: Any) -> list[dict] | None:
     return out or None
 
 
-def _normalise_tool_calls(calls: Any, where: str) -> list[dict]:
+def _normalise_tool_calls(calls: Any, where: str, keep_text_arguments: bool = False) -> list[dict]:
     if not isinstance(calls, (list, tuple)):
         raise DataError(f"key '{where}' must be a list, got {type(calls).__name__}")
     out = []
@@ -79,10 +81,12 @@ def _normalise_tool_calls(calls: Any, where: str) -> list[dict]:
             raise DataError(f"key '{w}.function' must be an object with name and arguments")
         if not isinstance(fn.get("name"), str) or not fn["name"]:
             raise DataError(f"key '{w}.function.name' must be a string")
-        args = fn.get("arguments", {})
-        args = _json_object(args, f"{w}.function.arguments")
+        text = fn.get("arguments", {})
+        args = _json_object(text, f"{w}.function.arguments")
         if not isinstance(args, dict):
             raise DataError(f"key '{w}.function.arguments' must be an object (or a JSON string of one)")
+        if keep_text_arguments and isinstance(text, str):
+            args = text  # checked above; the template gets the JSON text it renders faithfully
         if not isinstance(call.get("type", "function"), str):
             raise DataError(f"key '{w}.type' must be a string")
         if "id" in call and not isinstance(call["id"], str):
@@ -91,12 +95,14 @@ def _normalise_tool_calls(calls: Any, where: str) -> list[dict]:
     return out
 
 
-def normalise_messages(messages: Any, tools: Any = None) -> tuple[list[dict], list[dict] | None]:
+def normalise_messages(messages: Any, tools: Any = None, keep_text_arguments: bool = False
+                       ) -> tuple[list[dict], list[dict] | None]:
     """Validate a conversation and return clean Python objects: (messages, tools).
 
     Drops None-valued keys recursively, parses JSON-string arguments/tools, maps reasoning aliases to
     `reasoning_content`, drops empty `tool_calls`. Raises DataError naming the offending key
-    (the caller adds the file and row)."""
+    (the caller adds the file and row). `keep_text_arguments`: JSON-string arguments are checked but
+    stay text (`data.chat_rows` gives a template the form it renders faithfully)."""
     if not isinstance(messages, (list, tuple)):
         raise DataError(f"key 'messages' must be a list of {{role, content}}, got {_kind(messages)}")
     out = []
@@ -120,7 +126,7 @@ def normalise_messages(messages: Any, tools: Any = None) -> tuple[list[dict], li
         if "tool_calls" in m:
             if role != "assistant":
                 raise DataError(f"key '{where}.tool_calls' is only allowed on assistant messages")
-            m["tool_calls"] = _normalise_tool_calls(m["tool_calls"], f"{where}.tool_calls")
+            m["tool_calls"] = _normalise_tool_calls(m["tool_calls"], f"{where}.tool_calls", keep_text_arguments)
             if not m["tool_calls"]:
                 del m["tool_calls"]
         content = m.get("content")

@@ -81,6 +81,13 @@ class SFTConfig:
         help="Extra variables for the chat template, e.g. {enable_thinking: false} (Qwen3) or "
              "{date_string: 26 Jul 2024} (Llama 3 stamps today's date otherwise).", section=DATA, goes="data",
         factory=dict)
+    data_fidelity: Literal["error", "warn"] = key(
+        "error", "What a chat template drops or alters of a row (a system prompt, reasoning, tool-call arguments): "
+                 "error stops before training with one line; warn says it once and trains what the template "
+                 "writes.", DATA, "data", FREE)
+    train_dropped_reasoning: bool = key(
+        False, "Train the reasoning of assistant turns the template drops, each such turn as a row of its own "
+               "written as at inference (README 'Chat data').", DATA, "data")
     train_on: TrainOn = key("all_assistant", "Which assistant turns carry loss: all_assistant | last_assistant.",
                             DATA, "data")
     streaming: bool = key(False, "Stream the data, tokenized on the fly (needs max_steps).", DATA, "data",

@@ -158,7 +158,7 @@ def test_a_header_glued_to_answers_is_found_and_said_once(caplog, monkeypatch):
     would be trained on a token it never sees at inference (a real case: the tool-calling benchmark's
     first tokenizer answered every request with small talk). Real tokenizers keep newlines apart."""
     from sft_recipe.data.chat_template import header_merges, template_notes
-    from sft_recipe.data.tokenization import conversation_encoder
+    from sft_recipe.data.chat_rows import conversation_encoder
 
     glued = glueing_tokenizer(keep_newlines_apart=False)
     merges = {start: (tail, inside) for start, tail, inside in header_merges(glued)}
@@ -168,7 +168,7 @@ def test_a_header_glued_to_answers_is_found_and_said_once(caplog, monkeypatch):
     assert header_merges(glueing_tokenizer(keep_newlines_apart=True)) == []
     assert header_merges(chat_tokenizer()) == [] and template_notes(chat_tokenizer()) == []
     recipe = config(chat_template="chatml-tools")
-    monkeypatch.setattr("sft_recipe.data.tokenization._NOTED", set())  # said once per process: start afresh
+    monkeypatch.setattr("sft_recipe.data.chat_rows._NOTED", set())  # said once per process: start afresh
     with caplog.at_level("WARNING"):
         conversation_encoder(glued, recipe)
         conversation_encoder(glued, recipe)  # a second source of a mixture: not said again

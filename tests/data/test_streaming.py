@@ -158,7 +158,7 @@ def test_streaming_without_max_steps_is_one_line(tmp_path, capsys):
 
 
 def test_conversations_match_the_non_streaming_rows(tmp_path, bpe_chatml):
-    from sft_recipe.data.tokenization import tokenize_messages
+    from sft_recipe.data.chat_rows import tokenize_messages
 
     rows = [{"messages": [{"role": "user", "content": f"the cat sat {i}"},
                           {"role": "assistant", "content": "yes " * (1 + i % 4)}]} for i in range(12)]
