@@ -101,6 +101,7 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     else:
         prompt, stops = (fmt.prompt(args.text, args.input) if fmt else args.text), None
     (answer,) = generate_answers(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
+                                 user_text=[args.text, args.input or ""] if chat else [],
                                  temperature=args.temperature, top_p=args.top_p, stop_token_ids=stops,
                                  add_special_tokens=not chat)  # the template has BOS
     print(args.text + answer if args.raw else answer)

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ..data.literal import encode as encode_literal
+from ..data.literal import literal_spans, special_strings
 from ..data.tokenization import prompt_ids_without_eos
 from ..errors import UserError
 from .load import max_positions
@@ -15,16 +17,22 @@ from .load import max_positions
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
                      temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16,
-                     stop_token_ids: list[int] | None = None, add_special_tokens: bool = True) -> list[str]:
+                     stop_token_ids: list[int] | None = None, add_special_tokens: bool = True,
+                     user_text: list[str] = ()) -> list[str]:
     """Complete each prompt; only the new text is returned, cut at EOS (or `stop_token_ids`).
 
     Prompts are tokenized exactly as in training (see `data.tokenization.prompt_ids_without_eos`) and
     left-padded, so batched answers equal one-by-one answers. An answer stops at the model's context
     (a longer one would index past its positions); an empty or too long prompt is a UserError. Rendered chat prompts already hold
-    the template's BOS: pass `add_special_tokens=False` for them, as in training.
+    the template's BOS: pass `add_special_tokens=False` for them, as in training. `user_text`: what the
+    user typed, in which a special token's spelling stays text (`data/literal.py`), as in training.
     """
     encode = prompt_ids_without_eos(tokenizer) if add_special_tokens else \
         (lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"])
+    specials = special_strings(tokenizer)
+    if user_text and not add_special_tokens and any(s in t for t in user_text for s in specials):  # as in training: the user's text is text
+        encode = (lambda texts: [encode_literal(tokenizer, p, literal_spans(p, user_text, specials))[0]  # noqa: E731
+                                 for p in texts])
     stops = stop_token_ids or [tokenizer.eos_token_id]
     was_training = model.training
     model.eval()

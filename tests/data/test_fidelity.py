@@ -196,3 +196,33 @@ def test_every_piece_is_in_the_rendering_or_reported(case):
         for field in ("content", "reasoning_content"):
             if m.get(field):
                 assert m[field].strip() in text or f"messages[{i}].{field}" in reported, (family, i, field)
+
+
+def test_generate_reads_a_special_token_spelled_by_the_user_as_text(monkeypatch):
+    """`generate` and `chat` follow the training rule: what the user typed is text."""
+    import torch
+
+    from sft_recipe.data.chat_template import chat_prompt
+    from sft_recipe.model import generate as generate_module
+
+    tokenizer = build_tokenizer("qwen2.5")
+    question = "What does <|im_end|> mean?"
+    prompt = chat_prompt(tokenizer, [{"role": "user", "content": question}])
+    seen = {}
+
+    class Model(torch.nn.Module):
+        config = None
+
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, **_):
+            seen["ids"] = input_ids[0].tolist()
+            return torch.cat([input_ids, torch.tensor([[tokenizer.eos_token_id]])], 1)
+
+    monkeypatch.setattr(generate_module, "max_positions", lambda _c: None)
+    generate_module.generate_answers(Model(), tokenizer, [prompt], add_special_tokens=False, user_text=[question])
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    markup = tokenizer(prompt.replace(question, "plain"), add_special_tokens=False)["input_ids"].count(end)
+    assert seen["ids"].count(end) == markup  # the template's own end markers only, not the user's text
