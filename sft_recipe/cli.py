@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from .errors import TrainingInterrupted, UserError
+from .errors import PeerLost, TrainingInterrupted, UserError
 
 EXIT_USER_ERROR = 2
 
@@ -157,6 +157,12 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_launch(args: argparse.Namespace, rest: list[str]) -> int:
+    from .commands.launch import launch
+
+    return launch(rest)
+
+
 def cmd_merge(args: argparse.Namespace, overrides: list[str]) -> int:
     from .publish.export import merge_adapter
 
@@ -228,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="metrics JSON path (default: model_dir/eval_results.json)")
     p.set_defaults(func=cmd_eval, takes_overrides=True)
 
+    p = sub.add_parser("launch", help="accelerate launch, with a lost machine ending in one line",
+                       description="sft-recipe launch [accelerate launch options] train RECIPE [--key value]: "
+                                   "the same options as `accelerate launch` (--config_file, --num_machines, "
+                                   "--machine_rank, --main_process_ip, ...); see README 'Scaling out'.")
+    p.set_defaults(func=cmd_launch, takes_overrides=True)
+
     p = sub.add_parser("merge", help="fold LoRA adapters into their base model and save a full model")
     p.add_argument("adapter_dir", help="a saved LoRA adapter directory, e.g. outputs/run/best")
     p.add_argument("--output", required=True, help="directory for the merged model")
@@ -263,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(exc).split())  # one line, whatever the message held
         print(f"sft-recipe: error: {message}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+    except PeerLost as exc:  # another machine or process died: one line, and out at once (no collective
+        print(f"sft-recipe: error: {exc}", file=sys.stderr, flush=True)  # teardown that could wait on it)
+        os._exit(exc.exit_code)
     except TrainingInterrupted as exc:  # SIGTERM / Ctrl-C during training: a checkpoint was saved
         if os.environ.get("RANK", "0") == "0":
             print(f"sft-recipe: {exc}", file=sys.stderr, flush=True)

@@ -9,6 +9,8 @@ heavy library at module top: `cli.py` imports this module for every command, `--
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
@@ -67,6 +69,8 @@ def configure_logging(verbose: bool = False) -> None:
     if not interactive():
         quiet_progress_bars()
     if os.environ.get("RANK", "0") != "0":  # several processes: their messages once, from the main one
+        with contextlib.redirect_stdout(io.StringIO()):  # transformers prints "[INFO] Running in WANDB offline
+            import transformers.integrations.integration_utils  # noqa: F401  mode" when it is imported
         logging.getLogger().setLevel(logging.ERROR)
         logging.getLogger("sft_recipe").setLevel(logging.ERROR)
         hf_logging.set_verbosity_error()

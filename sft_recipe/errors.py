@@ -46,3 +46,10 @@ def reject_unknown_keys(values, known: list[str], where: str) -> None:
             close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise RecipeError(f"recipe key '{where}': unknown key '{key}'{hint}; known: {', '.join(known)}")
+
+
+class PeerLost(Exception):
+    """Another process of a distributed run died or stopped answering; this one stops too. The CLI
+    prints the message (which machine, and how to resume) as one line and exits with `exit_code`."""
+
+    exit_code = 3

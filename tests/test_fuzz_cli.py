@@ -141,3 +141,79 @@ def test_train_fuzz(bpe_tokenizer_dir, rows, how, cut):
         assert_one_line_or_success(code, err)
         if code == 0:
             assert (tmp / "out" / "best" / "sft_recipe.yaml").is_file()
+
+
+# --- mostly valid cases: the valid ones must succeed, the invalid ones fail for their own reason --------
+PLAIN = st.lists(st.sampled_from(["the", "cat", "sat", "on", "mat", "big", "dog", "ran"]), min_size=1, max_size=6
+                 ).map(" ".join)
+
+
+def valid_row(fmt: str):
+    return {"alpaca": st.fixed_dictionaries({"instruction": PLAIN, "input": st.one_of(st.just(""), PLAIN), "output": PLAIN}),
+            "prompt_completion": st.fixed_dictionaries({"prompt": PLAIN, "completion": PLAIN}),
+            "text": st.fixed_dictionaries({"text": PLAIN}),
+            "messages": st.fixed_dictionaries({"messages": st.tuples(PLAIN, PLAIN).map(
+                lambda qa: [{"role": "user", "content": qa[0]}, {"role": "assistant", "content": qa[1]}])})}[fmt]
+
+
+# (what is broken, how, a fragment the one error line must contain)
+FLAWS = {
+    "none": None,
+    "wrong type in a row": ("row", "must be a string"),
+    "bad recipe value": ("recipe", "'batch_size' must be > 0"),
+    "unknown recipe key": ("recipe", "unknown recipe key 'learning_rat'"),
+    "missing column": ("column", "missing column"),
+}
+COUNTS = {"valid, succeeded": 0, "invalid, refused in one line": 0}
+
+
+@st.composite
+def mostly_valid(draw):
+    fmt = draw(st.sampled_from(["alpaca", "prompt_completion", "text", "messages"]))
+    rows = draw(st.lists(valid_row(fmt), min_size=8, max_size=14))
+    recipe = {"dataset_format": fmt, "max_length": draw(st.integers(200, 300)),  # room for the Alpaca preamble "seed": draw(st.integers(0, 3)),
+              "eval_fraction": draw(st.sampled_from([0.2, 0.25, 0.3])), "batch_size": draw(st.integers(1, 4)),
+              "packing": draw(st.booleans())}
+    if fmt == "messages":
+        recipe["chat_template"] = "chatml"
+    if fmt == "text":  # blocks of max_length tokens: a few words of text fill some
+        recipe["max_length"] = draw(st.integers(4, 8))
+    flaw = draw(st.sampled_from(["none", "none", "none", *[f for f in FLAWS if f != "none"]]))
+    if flaw == "wrong type in a row":
+        key = {"alpaca": "output", "prompt_completion": "completion", "text": "text", "messages": None}[fmt]
+        if key is None:
+            rows[draw(st.integers(0, len(rows) - 1))]["messages"][1]["content"] = 5
+        else:
+            rows[draw(st.integers(0, len(rows) - 1))][key] = 5
+    elif flaw == "bad recipe value":
+        recipe["batch_size"] = 0
+    elif flaw == "unknown recipe key":
+        recipe["learning_rat"] = 0.1
+    elif flaw == "missing column":
+        rows = [{"unrelated": "x"} for _ in rows]
+    return rows, recipe, flaw
+
+
+@settings(max_examples=14, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(case=mostly_valid())
+def run_mostly_valid(bpe_tokenizer_dir, case):
+    rows, recipe, flaw = case
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        path = write_case(tmp, bpe_tokenizer_dir, rows, ".jsonl", "none", 0, recipe)
+        code, _, err = run_cli(["preprocess", str(path), "--output", str(tmp / "pre"), "--show", "0"])
+    assert_one_line_or_success(code, err)
+    if flaw == "none":
+        assert code == 0, err  # a valid case must succeed: exit 2 on everything would fail here
+        COUNTS["valid, succeeded"] += 1
+    else:
+        assert code == 2 and FLAWS[flaw][1] in err, (flaw, err)
+        COUNTS["invalid, refused in one line"] += 1
+
+
+def test_mostly_valid_cases_succeed_and_flawed_ones_fail_for_their_reason(bpe_tokenizer_dir, capsys):
+    run_mostly_valid(bpe_tokenizer_dir)
+    with capsys.disabled():
+        print(f"\nfuzz: {COUNTS}")
+    assert COUNTS["valid, succeeded"] > 0 and COUNTS["invalid, refused in one line"] > 0

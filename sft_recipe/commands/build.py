@@ -61,6 +61,7 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
     if config.lora is not None:
         model = wrap_lora(model, config.lora)
     checkpointing_supported(model, args)
+    args.ddp_find_unused_parameters = has_experts(model)  # an expert may get no token in a step
     # Evaluation rows, and for the train/valid loss (train_sample_loss) as many fixed training rows
     eval_rows, eval_parts = eval_rows_and_parts(data, config.max_eval_samples, config.seed)
     train_sample = sample_train_rows(data.train, len(eval_rows), config.seed) \
@@ -77,6 +78,15 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
     use_console(trainer)  # one live bar or plain lines, one line per evaluation; no raw dicts
     loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
     return trainer, stop
+
+
+def has_experts(model) -> bool:
+    """A mixture of experts, by its config or its modules (experts, routers)."""
+    config = getattr(model, "config", None)
+    counts = [getattr(config, n, None) for n in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")]
+    if any(isinstance(c, int) and c > 1 for c in counts):
+        return True
+    return any("Expert" in type(m).__name__ or "Router" in type(m).__name__ for m in model.modules())
 
 
 def checkpointing_supported(model, args) -> bool:

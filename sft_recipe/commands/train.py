@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from .build import build_trainer
+from .preflight import preflight
 from ..training.callbacks.reporting import finish_reporting
 from ..rundir.checkpoints import disk_errors, prepare_output_dir
 from ..recipe.config import SFTConfig
@@ -26,6 +27,7 @@ from ..rundir.best import save_best
 from ..rundir.stream_state import restore_stream
 from ..publish.summary import format_summary
 from ..training.arguments import to_training_arguments
+from ..training.signals import peers_watched
 
 log = logging.getLogger("sft_recipe")
 
@@ -34,11 +36,12 @@ def train(config: SFTConfig) -> dict[str, Any]:
     """Run the recipe; returns the final metrics. Writes `output_dir/best` and prints the summary
     on the main process."""
     started = time.perf_counter()
+    preflight(config)  # every name the recipe gives, before any data is prepared
     # 1. setup: arguments first (they check `training_args` and initialise the distributed state),
     # then the output_dir, owned by this run until it ends (lock.py)
     args = to_training_arguments(config)
     writable_dir(config.output_dir, "output_dir")
-    with output_dir_lock(config.output_dir, main_process=args.process_index == 0):
+    with output_dir_lock(config.output_dir, main_process=args.process_index == 0), peers_watched(config.output_dir):
         return run(config, args, started)
 
 

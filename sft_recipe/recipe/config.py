@@ -141,6 +141,11 @@ class SFTConfig:
         None, "Recompute each layer's activations in backward instead of keeping them: far less activation memory "
               "for one more decoder forward. Default: on a GPU, off on the CPU.", OPTIMISATION, "trainer", FREE,
         to=("activation_checkpointing", "activation_checkpointing_kwargs"))
+    ddp_timeout: int = key(
+        600, "Seconds a process waits for the others in a collective before the run ends (several processes or "
+             "machines); a lost machine ends the run within it (at once on the CPU's gloo). Raise it if the main "
+             "process tokenizes longer than this while the others wait.", OPTIMISATION, "trainer", FREE,
+        to=("ddp_timeout",), check=positive)
     release_host_memory: bool = key(
         False, "Linux: hand freed tensor memory back to the system at once (lower peak RSS on the CPU, slower: see "
                "benchmarks/README.md).", OPTIMISATION, "run", FREE)

@@ -43,6 +43,7 @@ FIXED_TRAINING_ARGS = frozenset({
     "eval_strategy", "save_strategy", "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
     "remove_unused_columns", "use_cache", "average_tokens_across_devices", "include_num_input_tokens_seen",
     "tf32", "optim", "dataloader_pin_memory", "disable_tqdm", "use_cpu", "logging_nan_inf_filter",
+    "ddp_find_unused_parameters",
 })
 # Built-in callbacks (training/callbacks/), and the ones a recipe gets when it names none.
 BUILTIN_CALLBACKS = ("nan_guard", "throughput", "loss_curve", "samples", "early_stopping")

@@ -93,6 +93,10 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
         # A stream resumes from the position saved in the checkpoint (`stream_state.py`), not by
         # reading and dropping the batches already trained on.
         ignore_data_skip=config.streaming,
+        # The extra autograd-graph traversal finds parameters no step uses; only a mixture of experts
+        # (an expert no token was routed to) has them: `commands.build` turns it on for those models.
+        ddp_find_unused_parameters=False,
+        ddp_timeout=config.ddp_timeout,
     )
     assert set(mapped) == MAPPED_TRAINING_ARGS, set(mapped) ^ MAPPED_TRAINING_ARGS
     mapped.update(check_pass_through(config.training_args))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import signal
 import threading
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 
 from ..rundir.checkpoints import last_complete_checkpoint
-from ..errors import TrainingInterrupted
+from ..errors import PeerLost, TrainingInterrupted
 
 log = logging.getLogger("sft_recipe")
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -93,3 +94,34 @@ class StopOnSignal(TrainerCallback):
             f"stopped by {signal.Signals(self.received).name}; checkpoint saved to {checkpoint}; "
             f"re-run the same command (same output_dir) to resume from it",
         )
+
+
+# What gloo and NCCL raise when a peer dies or a collective times out.
+_PEER_FAILURE = re.compile(r"closed by peer|reset by peer|broken pipe|timed out|timeout|connection refused|"
+                           r"nccl|gloo|processgroup|socket|watchdog", re.IGNORECASE)
+_PEER_ADDRESS = re.compile(r"\[([0-9a-fA-F:.]+)\]:\d+")
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """A collective failed because another process is gone (not a bug of this one)."""
+    distributed = (getattr(dist, "DistError", ()), getattr(dist, "DistBackendError", ()))
+    return isinstance(exc, tuple(t for t in distributed if isinstance(t, type))) or \
+        (isinstance(exc, (RuntimeError, OSError, ConnectionError)) and bool(_PEER_FAILURE.search(str(exc))))
+
+
+@contextlib.contextmanager
+def peers_watched(output_dir: str) -> Iterator[None]:
+    """A distributed run that loses a process ends here, on every survivor, in one line that names
+    the machine it lost and how to resume (instead of a collective's traceback)."""
+    try:
+        yield
+    except Exception as exc:
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and is_peer_failure(exc)):
+            raise
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        address = _PEER_ADDRESS.search(str(exc))
+        who = f"the process at {address.group(1)}" if address else "another process"
+        last = last_complete_checkpoint(Path(output_dir))
+        resume = f"resumes from {last}" if last else "starts over (no complete checkpoint yet)"
+        raise PeerLost(f"rank {dist.get_rank()}: lost {who} of this run ({first.strip()[:160]}); every process stops "
+                       f"now. Run the same launch command on every machine again: it {resume}") from None

@@ -34,6 +34,7 @@ MAPPED = {
     "precision": ("bf16", {"bf16": True}),
     "torch_compile": (True, {"torch_compile": True}),
     "gradient_checkpointing": (False, {"activation_checkpointing": False, "activation_checkpointing_kwargs": None}),
+    "ddp_timeout": (120, {"ddp_timeout": 120}),
 }
 
 BASE = {"model_name": "m", "dataset": "d.jsonl", "output_dir": "out"}
