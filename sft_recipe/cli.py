@@ -54,6 +54,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
     from .data.chat_template import setup_chat_template
     from .data.prepare import describe_stats, prepare_data
+    from .data.prepared import data_fingerprint, save_prepared
     from .data.preview import show_rows
     from .model.load import load_tokenizer
     from .rundir.paths import writable_dir
@@ -64,8 +65,7 @@ def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
     tokenizer = load_tokenizer(config.resolved_tokenizer_name, config.trust_remote_code)
     setup_chat_template(tokenizer, config)
     data = prepare_data(config, tokenizer)
-    data.train.save_to_disk(os.path.join(args.output, "train"))
-    data.eval.save_to_disk(os.path.join(args.output, "eval"))
+    save_prepared(data, args.output, data_fingerprint(config, tokenizer), tokenizer)  # `dataset:` can name it
     print(f"data: {describe_stats(data.stats)}")
     show_rows(data.train, tokenizer, args.show)
     print(f"wrote {len(data.train)} train and {len(data.eval)} eval rows to {args.output}")

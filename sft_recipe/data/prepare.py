@@ -11,11 +11,11 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import numpy as np
+from accelerate import PartialState
 
 from ..recipe.config import SFTConfig
 from ..console import interactive
@@ -31,6 +31,7 @@ from .streaming import prepare_stream
 from .chat_rows import tokenize_messages
 from .chat_template import template_name
 from .fidelity import FidelityReport
+from .prepared import PreparedData, cached, is_prepared, load_prepared, save_prepared
 from .tokenization import tokenize_prompt_completion, tokenize_text
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,6 @@ BARS_FROM_ROWS = 100_000
 BARS_FROM_FILE_BYTES = 64 * 2**20
 
 
-@dataclass
-class PreparedData:
-    train: Any  # datasets.Dataset with input_ids, labels (and length)
-    eval: Any
-    eval_raw: Any | None  # held-out rows before tokenization, for generation checks
-    stats: dict[str, Any]
-    eval_parts: dict[str, Any] | None = None  # a mixture's held-out rows per source name
-
-
 def prepare_data(config: SFTConfig, tokenizer) -> PreparedData:
     """Load, validate, split and tokenize: exactly the rows training will see."""
     if config.streaming and config.datasets:  # see stream_mixture.py: one stream per source, interleaved
@@ -57,9 +49,16 @@ def prepare_data(config: SFTConfig, tokenizer) -> PreparedData:
     if config.streaming:  # see streaming.py: training rows made on the fly, eval rows from the stream's start
         train, eval_, eval_raw, stats = prepare_stream(config, tokenizer)
         return PreparedData(train, eval_, eval_raw, stats)
+    if is_prepared(config.dataset):  # `preprocess --output`: the rows as they were prepared
+        return load_prepared(config.dataset, tokenizer, config.max_length)
+    data, where = cached(config, tokenizer)
+    if data is not None:
+        return data
     data = prepare_mixture(config, tokenizer) if config.datasets else prepare_source(config, tokenizer)
     if config.packing == "bfd":  # train rows only: eval scores rows, and its loss is per token anyway
         data.train, data.stats["packing"] = pack_rows(data.train, config.max_length, config.seed)
+    if where is not None and PartialState().is_local_main_process:
+        save_prepared(data, where, where.name, tokenizer, replace=False)
     return data
 
 

@@ -94,6 +94,9 @@ class SFTConfig:
                           to=("ignore_data_skip",))
     streaming_eval_examples: int = key(
         256, "With streaming: held-out rows (blocks, for text) from the stream's start.", DATA, "data", check=positive)
+    cache_prepared_data: bool = key(
+        True, "Keep the prepared rows and reuse them when the same recipe runs again on the same files, tokenizer "
+              "and template (README 'Speed and memory').", DATA, "data", FREE)
     num_proc: int | None = key(None, "Processes for tokenization; default: all cores for large datasets.",
                                DATA, "data", FREE, check=positive)
 

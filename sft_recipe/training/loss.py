@@ -24,7 +24,6 @@ training loss as the model's own loss adds it, and logged as `aux_loss`; it is n
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 

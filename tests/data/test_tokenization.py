@@ -32,7 +32,8 @@ def tokenizing_calls(monkeypatch) -> list[str]:
 
 def test_second_prepare_data_reads_the_tokenization_cache(tmp_path, bpe_tokenizer_dir, tokenizing_calls):
     dataset = write_jsonl(tmp_path / "rows.jsonl", alpaca_rows(40))
-    config = SFTConfig(dataset=str(dataset), model_name="unused", max_length=512, callbacks=[])
+    config = SFTConfig(dataset=str(dataset), model_name="unused", max_length=512, callbacks=[],
+                       cache_prepared_data=False)  # this test is about the datasets map cache underneath
 
     def prepare():
         # a fresh tokenizer object each time, as in a second run of the recipe

@@ -1,0 +1,78 @@
+"""Prepared rows are kept: the same recipe again skips tokenization (any change to the files, the
+tokenizer or the data settings prepares again), and `preprocess --output` can be trained on."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from conftest import alpaca_rows, base_recipe, write_jsonl, write_recipe
+
+from sft_recipe.cli import main
+from sft_recipe.data import prepare
+from sft_recipe.data.prepare import prepare_data
+from sft_recipe.model.load import load_tokenizer
+from sft_recipe.recipe.config import SFTConfig
+
+
+@pytest.fixture
+def tokenizing(monkeypatch):
+    calls = []
+    real = prepare.tokenize_prompt_completion
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prepare, "tokenize_prompt_completion", counted)
+    return calls
+
+
+def test_the_same_recipe_again_reuses_the_rows_and_says_so(tmp_path, bpe_tokenizer_dir, tokenizing, caplog):
+    data = write_jsonl(tmp_path / "rows.jsonl", alpaca_rows(40))
+    config = SFTConfig(dataset=str(data), model_name="unused", max_length=256, callbacks=[])
+    first = prepare_data(config, load_tokenizer(str(bpe_tokenizer_dir)))
+    assert len(tokenizing) == 2
+    with caplog.at_level(logging.INFO, logger="sft_recipe"):
+        second = prepare_data(config, load_tokenizer(str(bpe_tokenizer_dir)))
+    assert len(tokenizing) == 2  # nothing tokenized the second time
+    assert "reusing the rows prepared for the same files, tokenizer, template and settings" in caplog.text
+    assert second.train["input_ids"] == first.train["input_ids"] and second.eval["labels"] == first.eval["labels"]
+    assert second.stats == first.stats and second.eval_raw.to_list() == first.eval_raw.to_list()
+
+
+@pytest.mark.parametrize("change", ["file contents", "max_length", "tokenizer", "seed"])
+def test_any_change_prepares_again(tmp_path, bpe_tokenizer_dir, tokenizing, change):
+    rows = alpaca_rows(40)
+    data = write_jsonl(tmp_path / "rows.jsonl", rows)
+    config = SFTConfig(dataset=str(data), model_name="unused", max_length=256, callbacks=[])
+    prepare_data(config, load_tokenizer(str(bpe_tokenizer_dir)))
+    tokenizer = load_tokenizer(str(bpe_tokenizer_dir))
+    if change == "file contents":  # same size, same name, one letter different
+        rows[3]["output"] = rows[3]["output"][:-1] + ("x" if rows[3]["output"][-1] != "x" else "y")
+        write_jsonl(data, rows)
+    elif change == "max_length":
+        config = SFTConfig(dataset=str(data), model_name="unused", max_length=200, callbacks=[])
+    elif change == "tokenizer":
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|new|>"]})
+    else:
+        config = SFTConfig(dataset=str(data), model_name="unused", max_length=256, callbacks=[], seed=7)
+    prepare_data(config, tokenizer)
+    assert len(tokenizing) == 4
+
+
+def test_preprocess_output_is_a_dataset(tmp_path, bpe_tokenizer_dir, capsys):
+    data = write_jsonl(tmp_path / "rows.jsonl", alpaca_rows(40))
+    recipe = base_recipe(tmp_path, data, bpe_tokenizer_dir, max_steps=2, eval_steps=2, save_steps=2, callbacks=[])
+    assert main(["preprocess", str(write_recipe(tmp_path / "p.yaml", recipe)), "--output", str(tmp_path / "pre")]) == 0
+    trained = dict(recipe, dataset=str(tmp_path / "pre"), output_dir=str(tmp_path / "out2"))
+    assert main(["train", str(write_recipe(tmp_path / "t.yaml", trained))]) == 0
+    assert (tmp_path / "out2" / "best" / "model.safetensors").is_file()
+    other = tmp_path / "other-tokenizer"
+    tokenizer = load_tokenizer(str(bpe_tokenizer_dir))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|new|>"]})
+    tokenizer.save_pretrained(other)
+    wrong = dict(trained, tokenizer_name=str(other), output_dir=str(tmp_path / "out3"))
+    capsys.readouterr()
+    assert main(["train", str(write_recipe(tmp_path / "w.yaml", wrong))]) == 2
+    assert "were prepared with another tokenizer" in capsys.readouterr().err
