@@ -38,16 +38,31 @@ EVAL_ROWS = 8  # held out by the recipe's split; nobody evaluates during the tim
 SEED = 42
 LEARNING_RATE = 3e-4
 WARMUP_STEPS = 2
-MODEL = dict(n_layer=4, n_embd=256, n_head=4, n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-CONTENDERS = ("naive", "trainer", "sft_recipe", "sft_recipe_lowmem")
+# Model shapes: a small GPT-2, and Qwen2.5-0.5B's head and embedding (vocabulary 151,936, hidden 896,
+# tied) on 2 decoder layers, where the loss head is most of the memory and time of a step.
+SHAPES = {
+    "gpt2": dict(model_type="gpt2", n_layer=4, n_embd=256, n_head=4, n_positions=1024, resid_pdrop=0.0,
+                 embd_pdrop=0.0, attn_pdrop=0.0),
+    "qwen2.5-0.5b-head": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, num_hidden_layers=2,
+                              num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
+                              tie_word_embeddings=True, max_position_embeddings=4096),
+}
+MODEL = SHAPES["gpt2"]
+CONTENDERS = ("naive", "trainer", "trl", "sft_recipe", "sft_recipe_lowmem")
 LOW_MEMORY = dict(gradient_checkpointing=True, release_host_memory=True)
 
 
 # --- shared by the baselines: the same rows, tokenized the plain way ----------------------
 
 def write_rows(args, path: Path) -> None:
-    """The first rows + EVAL_ROWS rows of the data file, as JSON lines."""
-    rows = json.loads(Path(args.data).read_text(encoding="utf-8"))[: args.rows + EVAL_ROWS]
+    """The first rows + EVAL_ROWS rows of the data file, as JSON lines; with `--join k`, each row's
+    output is k consecutive rows' worked answers (long rows, as real SFT data has)."""
+    source = json.loads(Path(args.data).read_text(encoding="utf-8"))
+    if args.join > 1:
+        source = [{"instruction": source[i]["instruction"], "input": source[i].get("input", ""),
+                   "output": "\n\n".join(r["instruction"] + "\n" + r["output"] for r in source[i:i + args.join])}
+                  for i in range(0, len(source) - args.join, args.join)]
+    rows = source[: args.rows + EVAL_ROWS]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
@@ -71,13 +86,21 @@ def baseline_rows(args, tokenizer) -> list[dict]:
     return rows
 
 
-def build_model(vocab_size: int, eos: int):
+def model_config(args, vocab_size: int) -> dict:
+    shape = dict(SHAPES[args.shape])
+    shape.setdefault("vocab_size", vocab_size)
+    return shape
+
+
+def build_model(args, vocab_size: int, eos: int):
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(SEED)
-    config = GPT2Config(vocab_size=vocab_size, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, **MODEL)
-    return GPT2LMHeadModel(config).to(device())
+    shape = model_config(args, vocab_size)
+    config = AutoConfig.for_model(shape.pop("model_type"), bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+                                  **shape)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(device())
 
 
 def device() -> str:
@@ -98,7 +121,7 @@ def run_naive(args) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     rows = baseline_rows(args, tokenizer)
-    model = build_model(len(tokenizer), tokenizer.eos_token_id)
+    model = build_model(args, len(tokenizer), tokenizer.eos_token_id)
     pad = tokenizer.eos_token_id
     n = len(rows)
     input_ids = torch.full((n, args.max_length), pad, dtype=torch.long)
@@ -147,7 +170,7 @@ def run_trainer(args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     tokenizer.pad_token = tokenizer.eos_token
     rows = baseline_rows(args, tokenizer)
-    model = build_model(len(tokenizer), tokenizer.eos_token_id)
+    model = build_model(args, len(tokenizer), tokenizer.eos_token_id)
     training_args = TrainingArguments(
         output_dir=args.workdir, per_device_train_batch_size=args.batch, gradient_accumulation_steps=args.accum,
         learning_rate=LEARNING_RATE, warmup_steps=WARMUP_STEPS, weight_decay=0.01, max_grad_norm=1.0,
@@ -160,6 +183,35 @@ def run_trainer(args) -> dict:
     sync()
     trainable = sum(sum(label != -100 for label in r["labels"]) for r in rows)
     return result(output.metrics["train_runtime"], len(rows), trainable, output.training_loss)
+
+
+# --- contender: TRL's SFTTrainer with its defaults --------------------------------------------
+
+def run_trl(args) -> dict:
+    import datasets
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from sft_recipe.formats.alpaca import alpaca_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    rows = [json.loads(line) for line in Path(args.jsonl).read_text(encoding="utf-8").splitlines()][: args.rows]
+    train = datasets.Dataset.from_list([{"prompt": alpaca_prompt(r["instruction"], r.get("input")),
+                                         "completion": r["output"]} for r in rows])
+    model = build_model(args, len(tokenizer), tokenizer.eos_token_id)
+    config = SFTConfig(
+        output_dir=args.workdir, per_device_train_batch_size=args.batch, gradient_accumulation_steps=args.accum,
+        learning_rate=LEARNING_RATE, warmup_steps=WARMUP_STEPS, weight_decay=0.01, max_grad_norm=1.0,
+        max_steps=steps_for(args), seed=SEED, logging_steps=10, save_strategy="no", eval_strategy="no",
+        report_to="none", disable_tqdm=True, max_length=args.max_length,
+        **(gpu_training_args() if device() == "cuda" else {"bf16": False}))  # TRL defaults to bf16; fp32 like the rest on the CPU
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer)
+    output = trainer.train()
+    sync()
+    trainable = sum(sum(m for m in r.get("completion_mask", r.get("assistant_masks", []))) for r in trainer.train_dataset)
+    return result(output.metrics["train_runtime"], len(rows), int(trainable), output.training_loss)
 
 
 def gpu_training_args() -> dict:
@@ -177,7 +229,8 @@ def run_sft_recipe(args, **keys) -> dict:
     from sft_recipe.cli import main
 
     recipe = dict(**keys,
-        from_scratch=True, model_config={"model_type": "gpt2", **MODEL}, tokenizer_name=args.tokenizer,
+        from_scratch=True, model_config=model_config(args, 0) if args.shape != "gpt2" else dict(MODEL),
+        tokenizer_name=args.tokenizer,
         dataset=args.jsonl, dataset_format="alpaca", eval_fraction=EVAL_ROWS / (args.rows + EVAL_ROWS),
         max_length=args.max_length, batch_size=args.batch, gradient_accumulation_steps=args.accum,
         learning_rate=LEARNING_RATE, warmup_steps=WARMUP_STEPS, max_steps=steps_for(args),
@@ -213,7 +266,7 @@ def result(seconds: float, rows: int, trainable: int, loss: float) -> dict:
 
 def child(args) -> None:
     """Run one contender in this process and write its numbers to `args.out`."""
-    runner = {"naive": run_naive, "trainer": run_trainer, "sft_recipe": run_sft_recipe,
+    runner = {"naive": run_naive, "trainer": run_trainer, "trl": run_trl, "sft_recipe": run_sft_recipe,
               "sft_recipe_lowmem": functools.partial(run_sft_recipe, **LOW_MEMORY)}[args.child]
     Path(args.out).write_text(json.dumps(runner(args)))
 
@@ -229,7 +282,8 @@ def launch(name: str, args, jsonl: Path) -> dict:
         cmd = [sys.executable, __file__, "--child", name, "--out", str(out), "--workdir", workdir,
                "--jsonl", str(jsonl), "--rows", str(args.rows), "--max_length", str(args.max_length),
                "--batch", str(args.batch), "--accum", str(args.accum), "--data", args.data,
-               "--tokenizer", args.tokenizer, "--threads", str(args.threads), "--", *args.recipe_overrides]
+               "--tokenizer", args.tokenizer, "--threads", str(args.threads), "--shape", args.shape,
+               "--join", str(args.join), "--", *args.recipe_overrides]
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if not args.verbose else None)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -255,7 +309,7 @@ def report(results: dict[str, dict]) -> str:
         ours = results.get(name)
         if not ours:
             continue
-        for base in ("naive", "trainer"):
+        for base in ("naive", "trainer", "trl"):
             if base in results:
                 b = results[base]
                 lines.append(
@@ -275,7 +329,10 @@ def parse_args(argv=None):
     parser.add_argument("--max_length", type=int, default=256, help="Longest row in tokens.")
     parser.add_argument("--batch", type=int, default=4, help="Rows per micro-batch.")
     parser.add_argument("--accum", type=int, default=4, help="Micro-batches per optimizer step.")
-    parser.add_argument("--only", nargs="+", choices=CONTENDERS, default=list(CONTENDERS), help="Contenders to run.")
+    parser.add_argument("--only", nargs="+", choices=CONTENDERS, default=["naive", "trainer", "sft_recipe", "sft_recipe_lowmem"],
+                        help="Contenders to run (trl needs `pip install trl`).")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="gpt2", help="Model shape (see SHAPES).")
+    parser.add_argument("--join", type=int, default=1, help="Answers joined per row (long rows).")
     parser.add_argument("--device", choices=("auto", "cpu"), default="auto",
                         help="cpu hides GPUs from the children; auto uses a GPU when there is one.")
     parser.add_argument("--threads", type=int, default=0,
@@ -302,7 +359,7 @@ def main(argv=None) -> None:
         jsonl = Path(tmp) / "rows.jsonl"
         write_rows(args, jsonl)
         print(f"{args.rows} rows (+{EVAL_ROWS} held out), max_length {args.max_length}, batch {args.batch} x "
-              f"accum {args.accum} = {steps} optimizer steps; GPT-2 {MODEL['n_layer']} layers x {MODEL['n_embd']}",
+              f"accum {args.accum} = {steps} optimizer steps; model {args.shape}",
               flush=True)
         results = {}
         for name in args.only:

@@ -45,7 +45,7 @@ def build_eval_trainer(config: SFTConfig, args, model, tokenizer, eval_rows: Any
     """A trainer that only evaluates `model` (already loaded) on `eval_rows` (and a mixture's `eval_parts`)."""
     trainer = SFTTrainer(model=model, args=args, eval_dataset=eval_rows,
                          data_collator=checked_collator(config, model, tokenizer), processing_class=tokenizer,
-                         loss_chunk_size=loss_chunk_size(config), eval_parts=eval_parts)
+                         loss_chunk_size=loss_chunk_size(config, vocabulary(model)), eval_parts=eval_parts)
     trainer.verify_loss(eval_rows)
     use_console(trainer)
     return trainer
@@ -72,12 +72,17 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
         model=model, args=args, train_dataset=data.train, eval_dataset=eval_rows,
         data_collator=checked_collator(config, model, tokenizer), processing_class=tokenizer,
         callbacks=[*build_callbacks(config, tokenizer, data), *streamed, CheckpointCompleteCallback(config), stop],
-        loss_chunk_size=loss_chunk_size(config), train_sample=train_sample, recipe=config, eval_parts=eval_parts,
+        loss_chunk_size=loss_chunk_size(config, vocabulary(model)), train_sample=train_sample, recipe=config, eval_parts=eval_parts,
     )
     trainer.verify_loss(eval_rows)  # the fast loss proves itself on this model before any step
     use_console(trainer)  # one live bar or plain lines, one line per evaluation; no raw dicts
     loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
     return trainer, stop
+
+
+def vocabulary(model) -> int | None:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return getattr(head, "out_features", None) or getattr(getattr(model, "config", None), "vocab_size", None)
 
 
 def has_experts(model) -> bool:

@@ -15,6 +15,7 @@ Tokenization is batched (`datasets.map`); a conversation may give several rows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -36,6 +37,7 @@ from .chat_template import (
 )
 from .chat_turns import Turn, locate_turns, tokenize_turns
 from .fidelity import FidelityReport, encode_lost, lost_pieces, squeeze
+from .prepared import map_fingerprint
 from .mask import DROP_EMPTY, DROP_TOO_LONG, DROP_UNANSWERED, Example, fit_turns
 from .stats import TokenStats
 from .tokenization import resolve_num_proc
@@ -185,8 +187,10 @@ def tokenize_messages(dataset, tokenizer, config: SFTConfig, report: FidelityRep
                                   "truncated": datasets.Value("bool"), "trainable": datasets.Value("int64"),
                                   "drop": datasets.Value("string"), "lost": datasets.Value("string"),
                                   "row": datasets.Value("int64")})
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("goes") == "data"}
     tokenized = dataset.map(encode, batched=True, remove_columns=dataset.column_names, features=features,
-                            num_proc=resolve_num_proc(config.num_proc, len(dataset)), desc="Tokenizing")
+                            num_proc=resolve_num_proc(config.num_proc, len(dataset)), desc="Tokenizing",
+                            new_fingerprint=map_fingerprint(dataset, tokenizer, "messages", settings))
     if report is not None:
         for lost, row in zip(tokenized["lost"], tokenized["row"]):
             if row:

@@ -20,6 +20,7 @@ from .mask import (
     build_example,
     to_blocks,
 )
+from .prepared import map_fingerprint
 from .stats import TokenStats
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def examples_to_columns(examples: list[Example | None]) -> dict[str, list]:
 
 def tokenize_prompt_completion(dataset, tokenizer, max_length: int, num_proc: int | None = None):
     """Rows with `prompt`/`completion` strings -> masked training rows (see mask.py for the rules)."""
-    return map_rows(dataset, prompt_completion_encoder(tokenizer, max_length), num_proc)
+    return map_rows(dataset, prompt_completion_encoder(tokenizer, max_length), num_proc,
+                    map_fingerprint(dataset, tokenizer, "prompt_completion", max_length))
 
 
 def prompt_completion_encoder(tokenizer, max_length: int) -> Callable[[dict[str, list]], dict[str, list]]:
@@ -82,10 +84,11 @@ def prompt_completion_encoder(tokenizer, max_length: int) -> Callable[[dict[str,
     return encode
 
 
-def map_rows(dataset, encode: Callable[[dict[str, list]], dict[str, list]], num_proc: int | None):
+def map_rows(dataset, encode: Callable[[dict[str, list]], dict[str, list]], num_proc: int | None,
+             fingerprint: str | None = None):
     return dataset.map(
         encode, batched=True, remove_columns=dataset.column_names,
-        num_proc=resolve_num_proc(num_proc, len(dataset)), desc="Tokenizing",
+        num_proc=resolve_num_proc(num_proc, len(dataset)), desc="Tokenizing", new_fingerprint=fingerprint,
     )
 
 
@@ -126,7 +129,8 @@ def encode_text(dataset, tokenizer, *, add_eos: bool, num_proc: int | None = Non
     For a .txt read line by line (`keep_linebreaks`), the only difference from tokenizing the file
     in one piece is that a run of newlines is split at line ends: BPE merges never cross a row.
     """
-    return map_rows(dataset, text_encoder(tokenizer, add_eos), num_proc)
+    return map_rows(dataset, text_encoder(tokenizer, add_eos), num_proc,
+                    map_fingerprint(dataset, tokenizer, "text", add_eos))
 
 
 def text_encoder(tokenizer, add_eos: bool) -> Callable[[dict[str, list]], dict[str, list]]:

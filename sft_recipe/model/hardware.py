@@ -22,11 +22,20 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def default_loss_chunk_size() -> int:
-    """Chunk logits cost tokens x vocab x 4 bytes. On a GPU, 1024-token chunks keep the matmuls
-    big enough to fill it; on the CPU, 128 rows already run at full speed and host memory is
-    what runs out (1024 x GPT-2's vocabulary would be 196 MiB per chunk)."""
-    return 1024 if torch.cuda.is_available() else 128
+# Bytes of fp32 logits one chunk of the trainable-token loss may hold.
+LOSS_CHUNK_BUDGET = {"cuda": 1 << 30, "cpu": 256 << 20}
+
+
+def default_loss_chunk_size(vocab_size: int | None = None) -> int:
+    """Tokens per chunk of the trainable-token loss: as many as fit the logits budget (a chunk's
+    logits cost tokens x vocab x 4 bytes). Every chunk also adds its product into the head's
+    weight-sized gradient, a full pass over vocab x hidden: few big chunks are what makes a 150k
+    vocabulary fast, small ones what keeps memory flat. Without a vocabulary: 1024 on a GPU, 128
+    on the CPU."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not vocab_size:
+        return 1024 if device == "cuda" else 128
+    return max(128, min(8192, LOSS_CHUNK_BUDGET[device] // (4 * vocab_size)))
 
 
 def default_attention() -> str:

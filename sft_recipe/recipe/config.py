@@ -134,8 +134,9 @@ class SFTConfig:
                                check=non_negative)
     seed: int = key(42, "Seed for init, shuffling and the split.", OPTIMISATION, "trainer", to=("seed", "data_seed"))
     loss_chunk_size: int | None = key(
-        None, "Tokens per LM-head chunk in the trainable-only loss; 0 uses the model's own loss. Default: 1024 on a "
-              "GPU, 128 on the CPU.", OPTIMISATION, "model", FREE, check=non_negative)
+        None, "Tokens per LM-head chunk in the trainable-only loss; 0 uses the model's own loss. Default: as many as "
+              "fit 256 MiB of fp32 logits on the CPU (1 GiB on a GPU), at least 128.", OPTIMISATION, "model", FREE,
+        check=non_negative)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = key(
         "auto", "auto: bf16 on GPUs that support it, else fp32.", OPTIMISATION, "trainer", to=("bf16", "fp16"))
     torch_compile: bool = key(False, "Compile the model with torch.compile.", OPTIMISATION, "trainer",

@@ -22,9 +22,10 @@ from ..model.hardware import default_loss_chunk_size, resolve_precision
 from ..recipe.files import coerce, describe
 
 
-def loss_chunk_size(config: SFTConfig) -> int:
-    """The recipe's `loss_chunk_size`, or the machine's default (`hardware.default_loss_chunk_size`)."""
-    return config.loss_chunk_size if config.loss_chunk_size is not None else default_loss_chunk_size()
+def loss_chunk_size(config: SFTConfig, vocab_size: int | None = None) -> int:
+    """The recipe's `loss_chunk_size`, or the machine's default for the model's vocabulary
+    (`hardware.default_loss_chunk_size`: a logits budget per chunk)."""
+    return config.loss_chunk_size if config.loss_chunk_size is not None else default_loss_chunk_size(vocab_size)
 
 
 def to_training_arguments(config: SFTConfig, **overrides: Any):

@@ -47,6 +47,17 @@ def tied_parameter_names(model) -> set[str]:
     return {n for names in by_tensor.values() if len(names) > 1 for n in names}
 
 
+PROBE_TOKENS = 128  # full logits of this many tokens per row: a few tens of MiB even at a 150k vocabulary
+
+
+def probe_window(row: dict[str, Any]) -> dict[str, Any]:
+    """The last PROBE_TOKENS tokens of a row (where its answer is), for the one-forward loss check."""
+    ids, labels = row["input_ids"], row["labels"]
+    if len(ids) <= PROBE_TOKENS:
+        return {"input_ids": ids, "labels": labels}
+    return {"input_ids": ids[-PROBE_TOKENS:], "labels": labels[-PROBE_TOKENS:]}
+
+
 class SFTTrainer(Trainer):
     """Trainer with the trainable-token loss; `loss_chunk_size=0` keeps the model's own loss."""
 
@@ -122,7 +133,7 @@ class SFTTrainer(Trainer):
         """Before any step: the fast loss must equal the model's own logits on real rows (a few
         evaluation rows, one forward pass), else the model's own loss is used; the path is said once."""
         if rows is not None and len(rows) and not is_deepspeed_zero3_enabled():
-            batch = self.data_collator([rows[i] for i in range(min(len(rows), 4))])
+            batch = self.data_collator([probe_window(rows[i]) for i in range(min(len(rows), 2))])
             try:
                 self.loss_path.verify(self.model, self._prepare_inputs(batch))
             except Exception as exc:  # before any step: a model that cannot run here says so in one line
