@@ -66,7 +66,7 @@ def examples_to_columns(examples: list[Example | None]) -> dict[str, list]:
 def tokenize_prompt_completion(dataset, tokenizer, max_length: int, num_proc: int | None = None):
     """Rows with `prompt`/`completion` strings -> masked training rows (see mask.py for the rules)."""
     return map_rows(dataset, prompt_completion_encoder(tokenizer, max_length), num_proc,
-                    map_fingerprint(dataset, tokenizer, "prompt_completion", max_length))
+                    map_fingerprint(dataset, tokenizer, "completion rows", max_length))
 
 
 def prompt_completion_encoder(tokenizer, max_length: int) -> Callable[[dict[str, list]], dict[str, list]]:
