@@ -34,11 +34,16 @@ def machine_command(recipe: Path, machines: int, rank: int, port: int) -> list[s
             "train", str(recipe)]
 
 
-def run_machines(recipe: Path, machines: int, lose_at: int | None = None) -> list[tuple[int, str, float]]:
-    """Start every machine (each in its own process group), wait; (exit code, output, seconds) each."""
+def run_machines(recipe: Path, machines: int, lose_at: int | None = None,
+                 local_caches: Path | None = None) -> list[tuple[int, str, float]]:
+    """Start every machine (each in its own process group), wait; (exit code, output, seconds) each.
+    The caches are shared (the test session's), or each machine's own under `local_caches`."""
     port, procs, start = free_port(), [], time.time()
     for rank in range(machines):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(TESTS)}
+        if local_caches is not None:
+            env.update(HF_HOME=str(local_caches / f"machine{rank}" / "hf"),
+                       SFT_RECIPE_CACHE=str(local_caches / f"machine{rank}" / "sft_recipe"))
         if lose_at is not None and rank == 1:
             env["LOSE_MACHINE_AT_STEP"] = str(lose_at)
         procs.append(subprocess.Popen(machine_command(recipe, machines, rank, port), stdout=subprocess.PIPE,
@@ -69,6 +74,7 @@ def recipe_for(tmp_path, bpe_tokenizer_dir):
 
 
 def test_two_machines_train_like_one_machine_with_two_processes(recipe_for, tmp_path):
+    """Shared caches here (HF_DATASETS_CACHE and the prepared rows, both machines at once)."""
     (code0, out0, _), (code1, out1, _) = run_machines(recipe_for("two_machines"), 2)
     assert code0 == 0 and code1 == 0, out0[-3000:] + out1[-3000:]
     ((code, out, _),) = run_machines(recipe_for("one_machine"), 1)
@@ -85,15 +91,16 @@ def test_two_machines_train_like_one_machine_with_two_processes(recipe_for, tmp_
 
 
 def test_a_lost_machine_ends_the_run_in_one_line_and_the_next_launch_resumes(recipe_for, tmp_path):
+    """Node-local caches here: each machine prepares its own data."""
     recipe = recipe_for("lost")
-    (code0, out0, seconds), (code1, _, _) = run_machines(recipe, 2, lose_at=25)
+    (code0, out0, seconds), (code1, _, _) = run_machines(recipe, 2, lose_at=25, local_caches=tmp_path / "nodes")
     assert code0 == 3 and code1 != 0
     assert seconds < LOST_BOUND_SECONDS
     assert "Traceback" not in out0 and "ChildFailedError" not in out0, out0
     lines = [line for line in out0.splitlines() if line.startswith("sft-recipe: error:")]
     assert len(lines) == 1 and "lost the process at 127.0.0.1" in lines[0], out0
     assert f"resumes from {tmp_path / 'lost' / 'checkpoint-20'}" in lines[0]
-    (code0, out0, _), (code1, out1, _) = run_machines(recipe, 2)  # the same command on every machine
+    (code0, out0, _), (code1, out1, _) = run_machines(recipe, 2, local_caches=tmp_path / "nodes")  # the same command
     assert code0 == 0 and code1 == 0, out0[-3000:] + out1[-3000:]
     ((code, out, _),) = run_machines(recipe_for("uninterrupted"), 1)
     assert code == 0, out[-3000:]

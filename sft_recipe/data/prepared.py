@@ -138,13 +138,15 @@ def save_prepared(data: PreparedData, directory: str | Path, fingerprint: str | 
     manifest = {"stats": data.stats, "fingerprint": fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer),
                 "eval_parts": sorted(data.eval_parts or {}), "version": __version__}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
-    if directory.exists():
-        if not replace:
-            shutil.rmtree(tmp)
-            return
+    if directory.exists() and replace:
         shutil.rmtree(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(directory)
+    try:
+        tmp.rename(directory)
+    except OSError:  # another machine on a shared cache renamed its copy first: the same rows, keep it
+        if not (directory / MANIFEST).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_prepared(directory: str | Path, tokenizer, max_length: int | None = None) -> PreparedData:
