@@ -27,6 +27,7 @@ from transformers.utils.chat_template_utils import (
 )
 
 from ..recipe.config import SFTConfig
+from ..formats import Form
 from ..errors import DataError, RecipeError
 from ..formats.conversation import normalise_messages
 
@@ -49,6 +50,8 @@ def setup_chat_template(tokenizer, config: SFTConfig) -> list[int]:
     initialises. Call before the model is built. The template is saved with the tokenizer
     (`chat_template.jinja`), so `generate` and `chat` use it too."""
     if config.chat_template is None:
+        if config.form is Form.CHAT:
+            require_template(tokenizer, config)  # before any data is prepared, not at the first conversation
         return []
     text = read_template(config.chat_template)
     check_syntax(text, config.chat_template)

@@ -55,3 +55,7 @@ def test_an_output_dir_without_room_for_a_checkpoint(run, tmp_path, monkeypatch)
     (model / "model.safetensors").write_bytes(b"x" * 4096)
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda _p: type("U", (), {"free": 1000})())
     assert "recipe key 'output_dir'" in run(from_scratch=False, model_name=str(model))
+
+
+def test_a_tokenizer_without_a_chat_template_fails_before_the_data(run):
+    assert "the tokenizer has no chat template; set chat_template: chatml" in run(dataset_format="messages")
