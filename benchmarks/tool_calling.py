@@ -1,7 +1,8 @@
 """Tool calling, end to end on the CPU: a ~1M-parameter model learns to call the right tool with the
 right arguments, and is scored on requests it never saw.
 
-    python benchmarks/tool_calling.py            # about 10 minutes on 2 cores (9 of them training)
+    python benchmarks/tool_calling.py            # about 10 minutes on 2 cores (9 of them training): validation
+    python benchmarks/tool_calling.py --final    # the same, then the held-out score: once, at the end
 
 1. Generates conversations in the OpenAI format (`tools` schemas, assistant `tool_calls`, `tool`
    results, a final answer) for three tools (weather, time, currency conversion) plus small talk
@@ -93,24 +94,32 @@ def exchange(rng: random.Random, name: str, args: dict, phrase: str, with_result
     return messages
 
 
-def make_data(n_train: int, n_heldout: int, seed: int, max_requests: int = 4
-              ) -> tuple[list[dict], list[tuple[str, str, dict]]]:
-    """Training conversations and held-out (request, tool, arguments) triples that share no
-    (phrase, arguments) combination with training.
+def make_data(n_train: int, n_heldout: int, seed: int, max_requests: int = 4, n_validation: int = 100
+              ) -> tuple[list[dict], list[tuple[str, str, dict]], list[tuple[str, str, dict]]]:
+    """Training conversations, validation and held-out (request, tool, arguments) triples: the three
+    share no (phrase, arguments) combination. Settings are chosen on validation; held-out is scored
+    once, at the end (`--final`).
 
     A conversation holds 1 to `max_requests` requests under one tool list: the tool list is most of
     a row's tokens and is never trained, so several calls per row give the model several times the
     calls to learn from for the same compute. Every request but the last gets its result and an
     answer (the format's order: call, result, answer, next request); the last does half the time."""
     rng = random.Random(seed)
-    seen, held = set(), []
-    while len(held) < n_heldout:
-        name, args = sample_call(rng)
-        phrase = rng.choice(PHRASES[name])
-        key = (phrase, json.dumps(args, sort_keys=True))
-        if key not in seen:
-            seen.add(key)
-            held.append((phrase.format(**args), name, args))
+    seen: set = set()
+
+    def unseen(n: int) -> list[tuple[str, str, dict]]:
+        out = []
+        while len(out) < n:
+            name, args = sample_call(rng)
+            phrase = rng.choice(PHRASES[name])
+            key = (phrase, json.dumps(args, sort_keys=True))
+            if key not in seen:
+                seen.add(key)
+                out.append((phrase.format(**args), name, args))
+        return out
+
+    held = unseen(n_heldout)
+    validation = unseen(n_validation)
     held_keys = set(seen)
     rows = []
     while len(rows) < n_train:
@@ -130,7 +139,7 @@ def make_data(n_train: int, n_heldout: int, seed: int, max_requests: int = 4
                 and len(messages) >= 4 and messages[-2].get("role") == "tool":
             messages = messages[:-2]  # end on the call itself
         rows.append({"messages": messages, "tools": json.dumps(TOOLS)})  # a JSON string: the same schemas
-    return rows, held
+    return rows, held, validation
 
 
 def train_tokenizer(texts: list[str], output_dir: Path, vocab_size: int = 1000, min_frequency: int = 3000) -> None:
@@ -197,11 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=1.5e-3)
     parser.add_argument("--max_requests", type=int, default=4, help="requests per training conversation, at most")
+    parser.add_argument("--final", action="store_true",
+                        help="also score the held-out requests (once, after the settings were chosen on validation)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tool-calling-"))
     work.mkdir(parents=True, exist_ok=True)
-    rows, held = make_data(args.rows, args.heldout, seed=0, max_requests=args.max_requests)
+    rows, held, validation = make_data(args.rows, args.heldout, seed=0, max_requests=args.max_requests)
     data = work / "tools.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     train_tokenizer(rendered(rows), work / "tokenizer")
@@ -225,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_for_inference(work / "run" / "best")
     torch.manual_seed(0)
     untrained = AutoModelForCausalLM.from_config(model.config).eval()
-    before, _, _ = score(untrained, tokenizer, held)
-    after, answers, per_tool = score(model, tokenizer, held)
-    for (request, name, call_args), answer in list(zip(held, answers))[:6]:
-        mark = "ok " if parse_call(answer) == (name, call_args) else "BAD"
-        print(f"  [{mark}] {request!r} -> {answer!r}")
-    print(f"correct tool call on {len(held)} held-out requests: {after:.1%} (untrained model: {before:.1%}); "
-          f"per tool {per_tool}; training took {seconds:.0f} s")
+    for split, requests in [("validation", validation)] + ([("held-out", held)] if args.final else []):
+        before, _, _ = score(untrained, tokenizer, requests)
+        after, answers, per_tool = score(model, tokenizer, requests)
+        for (request, name, call_args), answer in list(zip(requests, answers))[:3]:
+            mark = "ok " if parse_call(answer) == (name, call_args) else "BAD"
+            print(f"  [{mark}] {request!r} -> {answer!r}")
+        print(f"correct tool call on {len(requests)} {split} requests: {after:.1%} (untrained model: {before:.1%}); "
+              f"per tool {per_tool}; training took {seconds:.0f} s")
     return 0
 
 
