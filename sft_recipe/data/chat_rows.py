@@ -19,7 +19,7 @@ import dataclasses
 import json
 import logging
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 
 import datasets
 
@@ -48,7 +48,6 @@ PROBE_TOOLS = [{"type": "function", "function": {"name": "probe_lookup", "descri
     "type": "object", "properties": {"city": {"type": "string"}, "ids": {"type": "array"}}}}}]
 PROBE_ARGUMENTS = {"city": 'Saint "Paul" & <Co>', "ids": [1, None, 3]}
 THINK_TAGS = [("<think>", "</think>"), ("<|begin_of_thought|>", "<|end_of_thought|>"), ("<thinking>", "</thinking>")]
-Encode = Callable[[Any, Any, int], tuple[list[Example], str, str]]
 
 
 def arguments_as_text(tokenizer, kwargs: dict) -> bool:
@@ -152,10 +151,6 @@ class ChatEncoder:
         whole = (f"{prompt}{opening}{reasoning.strip()}\n{tags[1]}\n\n{(messages[i].get('content') or '').strip()}"
                  f"{self.markers[0]}")
         return tokenize_turns(self.tokenizer, whole, [Turn(i, len(prompt), len(whole), True)], messages[:i + 1])
-
-
-def conversation_encoder(tokenizer, config: SFTConfig) -> ChatEncoder:
-    return ChatEncoder(tokenizer, config)
 
 
 def tokenize_messages(dataset, tokenizer, config: SFTConfig, report: FidelityReport | None = None):

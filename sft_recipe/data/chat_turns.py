@@ -47,7 +47,7 @@ from .chat_template import (
     template_source,
 )
 from .literal import encode as encode_literal
-from .literal import literal_spans, message_texts, special_strings
+from .literal import literal_spans, message_texts, special_pattern
 from .mask import span_labels
 from ..formats.conversation import normalise_messages
 
@@ -262,6 +262,6 @@ def encode_conversation(tokenizer, messages: Any, *, tools: Any = None, train_on
 
 def tokenize_turns(tokenizer, whole: str, turns: Sequence[Turn], messages: Sequence[dict]) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of a rendering; special-token spellings inside the messages stay text."""
-    literal = literal_spans(whole, message_texts(messages), special_strings(tokenizer))
+    literal = literal_spans(whole, message_texts(messages), special_pattern(tokenizer))
     ids, offsets = encode_literal(tokenizer, whole, literal)
     return ids, span_labels(whole, ids, offsets, [(t.start, t.end) for t in turns if t.trained])

@@ -59,8 +59,10 @@ def lost_pieces(whole: str, messages: list[dict], tools: list[dict] | None) -> l
     and HTML-escaped markup (`&#34;`) that the row never wrote (the model would learn to emit it)."""
     flat = squeeze(whole)
     lost: list[tuple[str, str]] = []
-    written = " ".join(json.dumps(m, ensure_ascii=False) for m in messages) + json.dumps(tools or [])
-    entities = sorted({e for e in _ENTITY.findall(whole) if e not in written})
+    entities: list[str] = []
+    if _ENTITY.search(whole):  # rare: only then is what the row wrote worth serialising
+        written = " ".join(json.dumps(m, ensure_ascii=False) for m in messages) + json.dumps(tools or [])
+        entities = sorted({e for e in _ENTITY.findall(whole) if e not in written})
     if entities:
         lost.append(("escaped markup", f"the rendering ({' '.join(entities)})"))
     for i, message in enumerate(messages):

@@ -11,40 +11,41 @@ anyway, so the text around it tokenizes exactly as before; only the quoted marke
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Iterable, Sequence
 
 _SPECIALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def special_strings(tokenizer) -> list[str]:
-    """Every string the tokenizer reads as a special token, longest first (computed once per tokenizer
-    and vocabulary size: a chat template may add tokens)."""
+def special_pattern(tokenizer) -> re.Pattern[str] | None:
+    """One regex for every string the tokenizer reads as a special token, longest first (built once
+    per tokenizer and vocabulary size: a chat template may add tokens); None if it has none."""
     key = len(tokenizer)
     cached = _SPECIALS.get(tokenizer)
     if cached is None or cached[0] != key:
         strings = set(tokenizer.all_special_tokens)
         strings |= {tok.content for tok in tokenizer.added_tokens_decoder.values() if tok.special}
-        cached = (key, sorted((s for s in strings if s), key=len, reverse=True))
+        ordered = sorted((s for s in strings if s), key=len, reverse=True)
+        cached = (key, re.compile("|".join(map(re.escape, ordered))) if ordered else None)
         _SPECIALS[tokenizer] = cached
     return cached[1]
 
 
-def literal_spans(rendering: str, texts: Iterable[str], specials: Sequence[str]) -> list[tuple[int, int]]:
+def literal_spans(rendering: str, texts: Iterable[str], specials: re.Pattern[str] | None) -> list[tuple[int, int]]:
     """Character spans of special-token strings that `rendering` has inside one of `texts` (what the
     user wrote); the template's own markup outside them keeps its special tokens."""
+    if specials is None:
+        return []
     spans: set[tuple[int, int]] = set()
-    for text in {t for t in texts if t and any(s in t for s in specials)}:
+    for text in {t for t in texts if t and specials.search(t)}:
+        inside = [m.span() for m in specials.finditer(text)]
         at = rendering.find(text)
         while at >= 0:
-            for special in specials:
-                p = text.find(special)
-                while p >= 0:
-                    spans.add((at + p, at + p + len(special)))
-                    p = text.find(special, p + 1)
+            spans.update((at + a, at + b) for a, b in inside)
             at = rendering.find(text, at + 1)
     merged: list[tuple[int, int]] = []
-    for start, end in sorted(spans):  # overlapping specials (`</s>` inside `</s>x`): keep the outer span
+    for start, end in sorted(spans):  # a text found twice, overlapping itself: one span
         if merged and start < merged[-1][1]:
             merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
         else:

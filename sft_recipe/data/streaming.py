@@ -31,7 +31,7 @@ from ..formats import Form, canonical_row
 from .mask import Example
 from .stats import TokenStats
 from .stream_source import builder_of, node_share, open_stream
-from .chat_rows import conversation_encoder
+from .chat_rows import ChatEncoder
 from .chat_template import template_name
 from .fidelity import FidelityReport
 from .tokenization import prompt_completion_encoder, text_encoder
@@ -152,7 +152,7 @@ def row_encoder(config: SFTConfig, tokenizer, where: str) -> Encode:
         row = canonical_row(raw, fmt, columns, f"{where}: row {n}")
         if "messages" in row:
             if not chat:
-                chat.append(conversation_encoder(tokenizer, config))
+                chat.append(ChatEncoder(tokenizer, config))
             examples, _, lost = chat[0](row["messages"], row["tools"], n)
             if lost:  # a stream is audited row by row: the first loss is said (or is the error) at once
                 report = FidelityReport(f"{where}")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..data.literal import encode as encode_literal
-from ..data.literal import literal_spans, special_strings
+from ..data.literal import literal_spans, special_pattern
 from ..data.tokenization import prompt_ids_without_eos
 from ..errors import UserError
 from .load import max_positions
@@ -29,8 +29,8 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     """
     encode = prompt_ids_without_eos(tokenizer) if add_special_tokens else \
         (lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"])
-    specials = special_strings(tokenizer)
-    if user_text and not add_special_tokens and any(s in t for t in user_text for s in specials):  # as in training: the user's text is text
+    specials = special_pattern(tokenizer)
+    if user_text and not add_special_tokens and specials is not None and any(specials.search(t) for t in user_text):  # as in training: the user's text is text
         encode = (lambda texts: [encode_literal(tokenizer, p, literal_spans(p, user_text, specials))[0]  # noqa: E731
                                  for p in texts])
     stops = stop_token_ids or [tokenizer.eos_token_id]

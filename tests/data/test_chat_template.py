@@ -158,7 +158,7 @@ def test_a_header_glued_to_answers_is_found_and_said_once(caplog, monkeypatch):
     would be trained on a token it never sees at inference (a real case: the tool-calling benchmark's
     first tokenizer answered every request with small talk). Real tokenizers keep newlines apart."""
     from sft_recipe.data.chat_template import header_merges, template_notes
-    from sft_recipe.data.chat_rows import conversation_encoder
+    from sft_recipe.data.chat_rows import ChatEncoder
 
     glued = glueing_tokenizer(keep_newlines_apart=False)
     merges = {start: (tail, inside) for start, tail, inside in header_merges(glued)}
@@ -170,8 +170,8 @@ def test_a_header_glued_to_answers_is_found_and_said_once(caplog, monkeypatch):
     recipe = config(chat_template="chatml-tools")
     monkeypatch.setattr("sft_recipe.data.chat_rows._NOTED", set())  # said once per process: start afresh
     with caplog.at_level("WARNING"):
-        conversation_encoder(glued, recipe)
-        conversation_encoder(glued, recipe)  # a second source of a mixture: not said again
+        ChatEncoder(glued, recipe)
+        ChatEncoder(glued, recipe)  # a second source of a mixture: not said again
     said = [r.getMessage() for r in caplog.records if "the generation prompt ends with tokens" in r.getMessage()]
     assert len(said) == 1, said
     assert "tokens ['Ċ'] but a conversation spells that text as ['Ċ<', 'tool'] before an answer starting " \
