@@ -47,17 +47,35 @@ def argument_forms(arguments: Any) -> list[str]:
             for ascii_ in (False, True) for sort in (False, True)]
 
 
-def present(text: str, flat: str) -> bool:
-    """`text` is in the squeezed rendering as written, or JSON-escaped (Llama 3 writes tool results
-    with `tojson`: the same characters, losslessly quoted, at training and at inference alike)."""
-    squeezed = squeeze(text)
-    return squeezed in flat or squeeze(json.dumps(text, ensure_ascii=False)[1:-1]) in flat
+def collapse(text: str) -> str:
+    """Runs of whitespace as one space, ends trimmed: templates trim and re-wrap, never join words."""
+    return _SPACE.sub(" ", text).strip()
+
+
+class Reader:
+    """Finds the row's texts in a rendering in the order they were written, so that a short piece
+    ("a d") is not "found" inside the template's own words ("header"); a piece the template moved
+    (Mistral writes the system prompt into the last user turn) is still found where it went."""
+
+    def __init__(self, whole: str) -> None:
+        self.text, self.at = collapse(whole), 0
+
+    def find(self, piece: str) -> bool:
+        # As written, or JSON-escaped (Llama 3 writes tool results with `tojson`: the same text,
+        # losslessly quoted, at training and at inference alike).
+        forms = [collapse(piece), collapse(json.dumps(piece, ensure_ascii=False)[1:-1])]
+        for form in forms:
+            p = self.text.find(form, self.at)
+            if p >= 0:
+                self.at = p + len(form)
+                return True
+        return any(form in self.text for form in forms)
 
 
 def lost_pieces(whole: str, messages: list[dict], tools: list[dict] | None) -> list[tuple[str, str]]:
     """(kind, key) of every piece of the conversation that the rendering `whole` does not contain,
     and HTML-escaped markup (`&#34;`) that the row never wrote (the model would learn to emit it)."""
-    flat = squeeze(whole)
+    flat, reader = squeeze(whole), Reader(whole)
     lost: list[tuple[str, str]] = []
     entities: list[str] = []
     if _ENTITY.search(whole):  # rare: only then is what the row wrote worth serialising
@@ -67,12 +85,12 @@ def lost_pieces(whole: str, messages: list[dict], tools: list[dict] | None) -> l
         lost.append(("escaped markup", f"the rendering ({' '.join(entities)})"))
     for i, message in enumerate(messages):
         role, content = message["role"], message.get("content")
-        if isinstance(content, str) and content.strip() and not present(content, flat):
+        reasoning = message.get("reasoning_content")  # written before the answer
+        if isinstance(reasoning, str) and reasoning.strip() and not reader.find(reasoning):
+            lost.append(("reasoning", f"messages[{i}].reasoning_content"))
+        if isinstance(content, str) and content.strip() and not reader.find(content):
             kind = {"system": "system prompt", "tool": "tool result"}.get(role, "message content")
             lost.append((kind, f"messages[{i}].content"))
-        reasoning = message.get("reasoning_content")
-        if isinstance(reasoning, str) and reasoning.strip() and not present(reasoning, flat):
-            lost.append(("reasoning", f"messages[{i}].reasoning_content"))
         for k, call in enumerate(message.get("tool_calls") or []):
             fn = call.get("function") or {}
             if fn.get("name") and squeeze(fn["name"]) not in flat:
