@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 
-from sft_recipe.model.chunked_loss import ChunkedLinearCrossEntropy
+from sft_recipe.data.mask import IGNORE_INDEX
+from sft_recipe.model.chunked_loss import ChunkedLinearCrossEntropy, decoder_and_head, trainable_token_loss
 
 VOCAB = 400
 # Unit-level trainers: no eval set, no checkpoints, no loggers.
@@ -51,3 +55,54 @@ def test_chunked_cross_entropy_without_trainable_tokens_still_gives_a_head_gradi
     loss.backward()
     assert loss.item() == 0.0
     assert weight.grad is not None and torch.count_nonzero(weight.grad) == 0
+
+
+def tiny_causal_lm(tied: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("qwen2", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, intermediate_size=64, tie_word_embeddings=tied)
+    return AutoModelForCausalLM.from_config(config)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_trainable_token_loss_gradients_equal_the_models_own_over_accumulation(tied):
+    """Three accumulated micro-batches (one with no trainable token): every `.grad`, the tied
+    embedding's included, equals the model's own loss's, and stays dense (the tied embedding's
+    backward is sparse for the duration of the forward only)."""
+    model = tiny_causal_lm(tied)
+    reference = copy.deepcopy(model)
+    parts = decoder_and_head(model)
+    ids = torch.randint(0, VOCAB, (3, 2, 12), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[0, :, :4] = IGNORE_INDEX
+    labels[1] = IGNORE_INDEX  # a micro-batch with nothing to train: zero head gradient, still dense
+    for micro in range(3):
+        loss_sum, _, count = trainable_token_loss(model, parts, {"input_ids": ids[micro], "labels": labels[micro]}, 5)
+        (loss_sum / 20).backward()
+        own = reference(input_ids=ids[micro], labels=labels[micro]).logits.float()
+        sums = torch.nn.functional.cross_entropy(own[:, :-1].reshape(-1, VOCAB), labels[micro][:, 1:].reshape(-1),
+                                                 reduction="sum", ignore_index=IGNORE_INDEX)
+        (sums / 20).backward()
+    embedding = model.get_input_embeddings()
+    assert (embedding.weight is model.lm_head.weight) is tied
+    assert not embedding.sparse and embedding.weight.grad.layout == torch.strided
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_tied_head_backward_allocates_no_second_weight_sized_gradient():
+    """The tied head's backward: no weight-sized tensor besides `.grad` itself (the dense embedding
+    gradient and autograd's sum of the two were 2 x vocabulary x hidden at a 150k vocabulary)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = tiny_causal_lm(tied=True)
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(2))
+    loss_sum, _, _ = trainable_token_loss(model, decoder_and_head(model), {"input_ids": ids, "labels": ids}, 8)
+    weight_bytes = model.lm_head.weight.numel() * 4
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss_sum.backward()
+    allocated = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage >= weight_bytes]
+    assert allocated == [], allocated
+    assert model.lm_head.weight.grad is not None
