@@ -19,7 +19,14 @@ Mistral's leading space, `[TOOL_CALLS]`) is inside it. Turn starts are found, fo
      each turn's content sits (robust to a user quoting the answer), and the turn starts at its
      content or earlier by the "lead" the template writes between header and content;
   d. last resort: the first occurrence of the turn's text after the previous turn.
-A turn that cannot be located is a DataError naming the message.
+Steps b and c per turn cost a rendering of the conversation so far per turn (quadratic in turns);
+`turn_location.Anchors` locates the last turn that way and every other turn by the same template
+text before its content, at a fixed number of renderings per conversation (linear), falling back
+to b-d per turn where the anchors do not match. A turn ends at the first end-of-turn marker after
+its content *as rendered* (from the sentinel rendering), so an answer quoting the marker is
+trained whole even where the template trims it. A turn that cannot be located is a DataError
+naming the message, unless its only text is reasoning the template drops (the fidelity audit
+reports that).
 
 History rewriting: each turn is trained exactly as it appears in the single whole rendering. So
 Qwen3 trains earlier answers without their reasoning (its template drops it) and the answers after
@@ -49,13 +56,11 @@ from .chat_template import (
 from .literal import encode as encode_literal
 from .literal import literal_spans, message_texts, special_pattern
 from .mask import span_labels
+from .turn_location import Anchors, TurnLocator
 from ..formats.conversation import normalise_messages
 
 TRAIN_ON = ("all_assistant", "last_assistant")
 _GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
-
-
-_SENTINEL_RE = re.compile(r"ZQXSNT(\d+)([a-z])(\d+)QZX")
 
 
 @dataclass(frozen=True)
@@ -66,67 +71,6 @@ class Turn:
     start: int
     end: int
     trained: bool
-
-
-def _sentinel(j: int, kind: str, k: int = 0) -> str:
-    return f"ZQXSNT{j}{kind}{k}QZX"
-
-
-def _with_sentinels(message: dict, j: int) -> dict:
-    """The message with its non-blank content (any role), reasoning and tool-call names replaced by
-    unique ASCII sentinels (unchanged by trim/strip/tojson)."""
-    m = dict(message)
-    if isinstance(m.get("content"), str) and m["content"].strip():
-        m["content"] = _sentinel(j, "c")
-    if isinstance(m.get("reasoning_content"), str) and m["reasoning_content"].strip():
-        m["reasoning_content"] = _sentinel(j, "r")
-    if m.get("tool_calls"):
-        m["tool_calls"] = [{**c, "function": {**c["function"], "name": _sentinel(j, "t", k)}}
-                           for k, c in enumerate(m["tool_calls"])]
-    return m
-
-
-def _tail_after_last_sentinel(text: str) -> str:
-    last = None
-    for last in _SENTINEL_RE.finditer(text):
-        pass
-    return text[last.end():] if last else text
-
-
-def _sentinel_regions(whole: str, sentinel_text: str) -> dict[int, tuple[int, int]] | None:
-    """Match the real rendering against the sentinel rendering; {message index: (start, end)} of
-    each assistant's rendered content, or None when the two renderings do not align."""
-    keys, literals, last = [], [], 0
-    for m in _SENTINEL_RE.finditer(sentinel_text):
-        literals.append(sentinel_text[last:m.start()])
-        keys.append(m.group(0))
-        last = m.end()
-    literals.append(sentinel_text[last:])
-    if len(set(keys)) != len(keys):
-        return None
-    pattern = "(.*?)".join(re.escape(lit) for lit in literals)
-    match = re.fullmatch(pattern, whole, re.DOTALL)
-    if match is None:
-        return None
-    regions: dict[int, tuple[int, int]] = {}
-    for g, key in enumerate(keys, start=1):
-        j = int(_SENTINEL_RE.fullmatch(key).group(1))
-        s, e = match.span(g)
-        if j in regions:
-            s, e = min(s, regions[j][0]), max(e, regions[j][1])
-        regions[j] = (s, e)
-    return regions
-
-
-def _lead(probe: str, prompt: str, i: int) -> str:
-    """What the template writes in assistant turn i before its first sentinel, beyond its generation
-    prompt: both renderings (all contents as sentinels) are cut after their last earlier sentinel; the
-    lead is the probe's tail minus the prompt's tail when the one starts with the other, else ""."""
-    first = min((m.start() for m in _SENTINEL_RE.finditer(probe) if int(m.group(1)) == i), default=None)
-    if first is None:
-        return ""
-    tail, prompt_tail = _tail_after_last_sentinel(probe[:first]), _tail_after_last_sentinel(prompt)
-    return tail[len(prompt_tail):] if tail.startswith(prompt_tail) else ""
 
 
 def _next_marker(whole: str, markers: Sequence[str], start: int) -> tuple[int, int] | None:
@@ -147,10 +91,12 @@ def _generation_spans(tokenizer, messages, tools, kwargs, template) -> tuple[str
 
 def locate_turns(tokenizer, messages: Any, *, tools: Any = None, train_on: str = "all_assistant",
                  chat_template_kwargs: Mapping | None = None, untrained: frozenset[int] = frozenset(),
-                 text_arguments: bool = False) -> tuple[str, list[Turn]]:
+                 text_arguments: bool = False, by_anchor: bool = True) -> tuple[str, list[Turn]]:
     """The whole rendering and every assistant turn's trained span in it (see the module docstring).
     Turns whose message index is in `untrained` are located but not trained (they are trained in a
-    row of their own: `chat_rows`); `text_arguments` keeps JSON-string tool-call arguments as text."""
+    row of their own: `chat_rows`); `text_arguments` keeps JSON-string tool-call arguments as text.
+    `by_anchor=False` locates every turn by its own prefix rendering (quadratic in the number of
+    turns; the reference the tests compare the anchored location with)."""
     if train_on not in TRAIN_ON:
         raise DataError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
     messages, tools = normalise_messages(messages, tools, keep_text_arguments=text_arguments)
@@ -180,26 +126,28 @@ def locate_turns(tokenizer, messages: Any, *, tools: Any = None, train_on: str =
             spans.append((s, end))
     else:
         pos = 0
-        regions: dict[int, tuple[int, int]] | None | bool = False  # False: not computed yet
+        locator = TurnLocator(whole, messages, rend)
+        anchors = Anchors.build(whole, messages, assistants, locator) if by_anchor else None
         for i in assistants:
-            prompt = rend(messages[:i], True)
-            if whole.startswith(prompt) and len(prompt) >= pos:
-                start, content_end = len(prompt), len(prompt)
-            elif not _has_text(messages[i]):
+            at = anchors.start(whole, i, pos) if anchors is not None else None
+            found = (at, at) if at is not None else locator.locate(i, pos)
+            if found is None and _has_text(messages[i]):
+                try:
+                    found = _search_turn(whole, messages[i], i, pos, rend(messages[:i], True), rend(messages[:i], False))
+                except DataError:
+                    if _has_text(messages[i], reasoning=False):
+                        raise
+                    # reasoning alone, which the template drops: nothing to train here; the fidelity
+                    # audit reports the loss (or train_dropped_reasoning trains it in a row of its own)
+            if found is None:
                 spans.append((pos, pos))  # nothing to locate and never trained: leave pos where it is
                 continue
+            start, content_end = found
+            region = locator.regions.get(i) if locator.regions else None
+            if region is not None and region[0] >= start and region[1] >= content_end:
+                content_end = region[1]  # the content as rendered, even where the template trims a quoted marker
             else:
-                if regions is False:
-                    marked = [_with_sentinels(m, j) for j, m in enumerate(messages)]
-                    regions = _sentinel_regions(whole, rend(marked, False))
-                if regions and i in regions and regions[i][0] >= pos:
-                    rs, content_end = regions[i]
-                    lead = _lead(rend(marked[:i + 1], False), rend(marked[:i], True), i)
-                    start = rs - len(lead) if lead and rs - len(lead) >= pos and whole[rs - len(lead):rs] == lead \
-                        else rs
-                else:
-                    start, content_end = _search_turn(whole, messages[i], i, pos, prompt, rend(messages[:i], False))
-            content_end = _past_own_text(whole, messages[i], content_end, markers)
+                content_end = _past_own_text(whole, messages[i], content_end, markers)
             marker = _next_marker(whole, markers, content_end)
             if marker is None:
                 raise DataError(f"key 'messages[{i}]': the assistant turn is not closed by an end-of-turn marker "

@@ -35,6 +35,7 @@ row's first label is -100 so no row learns to predict the next row's first token
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -81,9 +82,22 @@ def span_labels(text: str, ids: list[int], offsets: Sequence[tuple[int, int]],
     that absorb the whitespace after them: at generation time the prompt already ends with such a
     token, so the model could never produce it; training it would teach the header as output."""
     labels = [IGNORE_INDEX] * len(ids)
+    spans = sorted(spans)
+    ends = [e for _, e in spans]
+    if any(e > s for (_, e), (s, _) in zip(spans, spans[1:])):  # overlapping spans: check each one
+        for n, (a, b) in enumerate(offsets):
+            if any(_in_span(text, a, b, s, e) for s, e in spans):
+                labels[n] = ids[n]
+        return labels
+    # Disjoint spans: only those ending after the token starts and starting before it ends can hold
+    # it, found by bisection, so a long conversation costs tokens x log(turns), not tokens x turns.
     for n, (a, b) in enumerate(offsets):
-        if any(_in_span(text, a, b, s, e) for s, e in spans):
-            labels[n] = ids[n]
+        j = bisect.bisect_right(ends, a)
+        while j < len(spans) and spans[j][0] < max(b, a + 1):
+            if _in_span(text, a, b, *spans[j]):
+                labels[n] = ids[n]
+                break
+            j += 1
     return labels
 
 
