@@ -34,7 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-EVAL_ROWS = 8  # held out by the recipe's split; nobody evaluates during the timed loop
 SEED = 42
 LEARNING_RATE = 3e-4
 WARMUP_STEPS = 2
@@ -55,14 +54,14 @@ LOW_MEMORY = dict(gradient_checkpointing=True, release_host_memory=True)
 # --- shared by the baselines: the same rows, tokenized the plain way ----------------------
 
 def write_rows(args, path: Path) -> None:
-    """The first rows + EVAL_ROWS rows of the data file, as JSON lines; with `--join k`, each row's
+    """The first rows + eval_rows rows of the data file, as JSON lines; with `--join k`, each row's
     output is k consecutive rows' worked answers (long rows, as real SFT data has)."""
     source = json.loads(Path(args.data).read_text(encoding="utf-8"))
     if args.join > 1:
         source = [{"instruction": source[i]["instruction"], "input": source[i].get("input", ""),
                    "output": "\n\n".join(r["instruction"] + "\n" + r["output"] for r in source[i:i + args.join])}
                   for i in range(0, len(source) - args.join, args.join)]
-    rows = source[: args.rows + EVAL_ROWS]
+    rows = source[: args.rows + args.eval_rows]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
@@ -74,7 +73,7 @@ def baseline_rows(args, tokenizer) -> list[dict]:
     from sft_recipe.formats.alpaca import alpaca_prompt
 
     raw = datasets.load_dataset("json", data_files=args.jsonl, split="train")
-    train = raw.train_test_split(test_size=EVAL_ROWS / len(raw), seed=SEED)["train"]
+    train = raw.train_test_split(test_size=args.eval_rows / len(raw), seed=SEED)["train"]
     rows = []
     for r in train:
         prompt = tokenizer(alpaca_prompt(r["instruction"], r.get("input") or ""))["input_ids"]
@@ -231,7 +230,7 @@ def run_sft_recipe(args, **keys) -> dict:
     recipe = dict(**keys,
         from_scratch=True, model_config=model_config(args, 0) if args.shape != "gpt2" else dict(MODEL),
         tokenizer_name=args.tokenizer,
-        dataset=args.jsonl, dataset_format="alpaca", eval_fraction=EVAL_ROWS / (args.rows + EVAL_ROWS),
+        dataset=args.jsonl, dataset_format="alpaca", eval_fraction=args.eval_rows / (args.rows + args.eval_rows),
         max_length=args.max_length, batch_size=args.batch, gradient_accumulation_steps=args.accum,
         learning_rate=LEARNING_RATE, warmup_steps=WARMUP_STEPS, max_steps=steps_for(args),
         eval_steps=10_000, save_steps=10_000, logging_steps=10, seed=SEED,
@@ -281,7 +280,7 @@ def launch(name: str, args, jsonl: Path) -> dict:
             env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
         cmd = [sys.executable, __file__, "--child", name, "--out", str(out), "--workdir", workdir,
                "--jsonl", str(jsonl), "--rows", str(args.rows), "--max_length", str(args.max_length),
-               "--batch", str(args.batch), "--accum", str(args.accum), "--data", args.data,
+               "--batch", str(args.batch), "--accum", str(args.accum), "--data", args.data, "--eval_rows", str(args.eval_rows),
                "--tokenizer", args.tokenizer, "--threads", str(args.threads), "--shape", args.shape,
                "--join", str(args.join), "--", *args.recipe_overrides]
         start = time.perf_counter()
@@ -327,6 +326,8 @@ def parse_args(argv=None):
     parser.add_argument("--tokenizer", required=True, help="Tokenizer directory (GPT-2's, 50257 tokens).")
     parser.add_argument("--rows", type=int, default=512, help="Training rows (one epoch).")
     parser.add_argument("--max_length", type=int, default=256, help="Longest row in tokens.")
+    parser.add_argument("--eval_rows", type=int, default=8,
+                        help="Rows held out (the recipe evaluates them at the end to pick best/; the baselines do not).")
     parser.add_argument("--batch", type=int, default=4, help="Rows per micro-batch.")
     parser.add_argument("--accum", type=int, default=4, help="Micro-batches per optimizer step.")
     parser.add_argument("--only", nargs="+", choices=CONTENDERS, default=["naive", "trainer", "sft_recipe", "sft_recipe_lowmem"],
@@ -358,7 +359,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         jsonl = Path(tmp) / "rows.jsonl"
         write_rows(args, jsonl)
-        print(f"{args.rows} rows (+{EVAL_ROWS} held out), max_length {args.max_length}, batch {args.batch} x "
+        print(f"{args.rows} rows (+{args.eval_rows} held out), max_length {args.max_length}, batch {args.batch} x "
               f"accum {args.accum} = {steps} optimizer steps; model {args.shape}",
               flush=True)
         results = {}

@@ -101,6 +101,13 @@ class SFTTrainer(Trainer):
         with saving(checkpoint, self.recipe if self.recipe is not None else self.args):
             super()._save_checkpoint(model, trial)
 
+    def _load_best_model(self) -> None:
+        """When the best checkpoint is the last step, the weights in memory are that checkpoint's: reading
+        them back would only cost time and a second copy of the weights in memory."""
+        if self.state.best_global_step is not None and self.state.best_global_step == self.state.global_step:
+            return
+        super()._load_best_model()
+
     def _issue_warnings_after_load(self, load_result: Any) -> None:
         """Loading the best checkpoint back: tied weights (the LM head shares the embeddings) are not
         saved, so they are "missing" by design; warn only about keys that are really missing."""

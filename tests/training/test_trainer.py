@@ -266,3 +266,24 @@ def test_loss_inside_the_head_matches_the_model_loss(model_type, layout, tmp_pat
     batch = (PackingCollator() if layout == "packed" else PaddingCollator(pad_token_id=0))(ROWS)
     assert_same_loss_and_grads(model, trainer, batch)
     assert "forward" not in model.get_output_embeddings().__dict__
+
+
+@pytest.mark.parametrize("greater_is_better", [False, True])
+def test_best_checkpoint_is_read_back_only_when_it_is_not_the_last_step(greater_is_better, tmp_path, monkeypatch):
+    """At the end of training the best checkpoint's weights are loaded back, except when it is the last
+    step: those weights are already in memory (reading them back cost time and a second copy). With
+    `greater_is_better` the first evaluation is the best, so it is read back and the weights change."""
+    from transformers import Trainer
+
+    loaded = []
+    monkeypatch.setattr(Trainer, "_load_best_model", lambda self: loaded.append(self.state.best_global_step))
+    model = tiny_model("llama", VOCAB)
+    config = SFTConfig(dataset="unused.jsonl", model_name="unused", output_dir=str(tmp_path / "out"), callbacks=[])
+    args = to_training_arguments(config, **{**QUIET, **dict(
+        eval_strategy="steps", save_strategy="steps", eval_steps=2, save_steps=2, load_best_model_at_end=True,
+        max_steps=4, per_device_train_batch_size=2, learning_rate=1e-2, greater_is_better=greater_is_better)})
+    trainer = SFTTrainer(model=model, args=args, data_collator=PaddingCollator(0),
+                         train_dataset=datasets.Dataset.from_list(ROWS * 4), eval_dataset=datasets.Dataset.from_list(ROWS))
+    trainer.train()
+    assert trainer.state.best_global_step == (2 if greater_is_better else 4)
+    assert loaded == ([2] if greater_is_better else [])
