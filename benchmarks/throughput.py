@@ -209,7 +209,7 @@ def run_trl(args) -> dict:
     trainer = SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer)
     output = trainer.train()
     sync()
-    trainable = sum(sum(m for m in r.get("completion_mask", r.get("assistant_masks", []))) for r in trainer.train_dataset)
+    trainable = sum(sum(label != -100 for label in r["labels"]) for r in trainer.train_dataset)  # TRL 1.16 builds labels
     return result(output.metrics["train_runtime"], len(rows), int(trainable), output.training_loss)
 
 
