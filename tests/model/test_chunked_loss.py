@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from sft_recipe.data.mask import IGNORE_INDEX
-from sft_recipe.model.chunked_loss import ChunkedLinearCrossEntropy, decoder_and_head, trainable_token_loss
+from sft_recipe.model.chunked_loss import (
+    ChunkedLinearCrossEntropy,
+    decoder_and_head,
+    sparse_tied_embedding,
+    trainable_token_loss,
+)
 
 VOCAB = 400
 # Unit-level trainers: no eval set, no checkpoints, no loggers.
@@ -106,3 +111,24 @@ def test_tied_head_backward_allocates_no_second_weight_sized_gradient():
     allocated = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage >= weight_bytes]
     assert allocated == [], allocated
     assert model.lm_head.weight.grad is not None
+
+
+def test_sparse_tied_embedding_only_where_it_is_exact():
+    """Tied, trainable, with gradients, not compiled (a compiled graph would trace the sparse backward),
+    through wrappers such as DDP's `.module`; untied embeddings never (their `.grad` would be sparse)."""
+    tied, untied = tiny_causal_lm(tied=True), tiny_causal_lm(tied=False)
+
+    def active(model, head):
+        with sparse_tied_embedding(model, head) as on:
+            return on and model.get_input_embeddings().sparse if hasattr(model, "get_input_embeddings") else on
+
+    wrapper = torch.nn.Module()
+    wrapper.module = tied
+    assert active(tied, tied.lm_head) and active(wrapper, tied.lm_head)
+    assert not tied.get_input_embeddings().sparse  # restored
+    assert not active(untied, untied.lm_head)
+    assert not active(torch.compile(tied), tied.lm_head)
+    with torch.no_grad():
+        assert not active(tied, tied.lm_head)
+    tied.lm_head.weight.requires_grad_(False)
+    assert not active(tied, tied.lm_head)
