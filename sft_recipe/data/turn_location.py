@@ -46,9 +46,21 @@ def _tail_after_last_sentinel(text: str) -> str:
     return text[last.end():] if last else text
 
 
+def _ambiguous(whole: str, literals: list[str]) -> bool:
+    """Whether a message's text spells a piece of the template that separates two messages (a user
+    quoting `<|im_end|>\n<|im_start|>assistant\n`, an answer quoting the next turn's header): the
+    match above would then end that message where the quote starts, and every region after it would
+    be off. The first and last pieces are pinned to the ends of the rendering, so a text may quote
+    them (an answer quoting the final end-of-turn marker)."""
+    inner = literals[1:-1]
+    text = whole[len(literals[0]):len(whole) - len(literals[-1])] if len(literals) > 1 else ""
+    return any(text.count(piece) != sum(x.count(piece) for x in inner) for piece in set(inner) if piece)
+
+
 def sentinel_regions(whole: str, sentinel_text: str) -> dict[int, tuple[int, int]] | None:
     """Match the real rendering against the sentinel rendering; {message index: (start, end)} of
-    each assistant's rendered content, or None when the two renderings do not align."""
+    each message's rendered text, or None when the two renderings do not align, or align in more
+    than one way (`_ambiguous`)."""
     keys, literals, last = [], [], 0
     for m in _SENTINEL_RE.finditer(sentinel_text):
         literals.append(sentinel_text[last:m.start()])
@@ -59,7 +71,7 @@ def sentinel_regions(whole: str, sentinel_text: str) -> dict[int, tuple[int, int
         return None
     pattern = "(.*?)".join(re.escape(lit) for lit in literals)
     match = re.fullmatch(pattern, whole, re.DOTALL)
-    if match is None:
+    if match is None or _ambiguous(whole, literals):
         return None
     regions: dict[int, tuple[int, int]] = {}
     for g, key in enumerate(keys, start=1):
@@ -126,30 +138,27 @@ class Anchors:
     regions: dict[int, tuple[int, int]]
     lead_in: str
     generation: str
-    previous_end: list[int]  # per message index: where the text of the messages before it ends (-1: none)
 
     @classmethod
     def build(cls, whole: str, messages: list[dict], assistants: list[int], locator: TurnLocator) -> Anchors | None:
         regions = locator.regions
         last = assistants[-1] if assistants else None
-        if not regions or last not in regions:
+        if not regions or last not in regions or last - 1 not in regions:
             return None
-        previous_end, end = [], -1
-        for j in range(len(messages)):
-            previous_end.append(end)
-            end = max(end, regions.get(j, (end, end))[1])
         found = locator.locate(last, 0)
-        if found is None or not 0 <= previous_end[last] <= found[0] <= regions[last][0]:
+        if found is None or not regions[last - 1][1] <= found[0] <= regions[last][0]:
             return None
         prompt, history = locator.rend(messages[:last], True), locator.rend(messages[:last], False)
         generation = prompt[len(history):] if prompt.startswith(history) and whole.startswith(prompt) else ""
-        return cls(regions, whole[previous_end[last]:found[0]], generation, previous_end)
+        return cls(regions, whole[regions[last - 1][1]:found[0]], generation)
 
     def start(self, whole: str, i: int, pos: int) -> int | None:
-        """Where turn i's trained span starts, or None when the anchors do not tell."""
-        if i not in self.regions or self.previous_end[i] < 0:
+        """Where turn i's trained span starts, or None when the anchors do not tell: only between
+        the text of the message right before it and its own (a message with no text between them,
+        such as an empty answer, leaves the turn to the per-turn method)."""
+        if i not in self.regions or i - 1 not in self.regions:
             return None
-        before, content = self.previous_end[i], self.regions[i][0]
+        before, content = self.regions[i - 1][1], self.regions[i][0]
         if self.lead_in and whole.startswith(self.lead_in, before) and pos <= before + len(self.lead_in) <= content:
             return before + len(self.lead_in)
         if self.generation.strip():

@@ -204,17 +204,22 @@ def sparse_tied_embedding(model: nn.Module, head: nn.Linear) -> Iterator[bool]:
     as before, without the two extra weight-sized tensors of the usual path: the dense embedding
     gradient, and autograd's out-of-place sum of the two (0.54 GB each at Qwen2.5's head). Untied
     embeddings keep the dense backward (a sparse `.grad` would reach the optimizer); so do frozen
-    ones, compiled models and evaluation."""
+    ones, compiled models, DeepSpeed engines, deterministic GPU runs and evaluation. A caller of
+    `torch.autograd.grad` would not see the head's part (it goes to `.grad`): only the trainer's
+    training loss takes this path."""
     inner, compiled = model, False
     for _ in range(4):  # DDP's `.module`, torch.compile's `._orig_mod`, peft's base model, in any order
-        compiled |= hasattr(inner, "_orig_mod") or getattr(inner, "_compiled_call_impl", None) is not None
+        # A DeepSpeed engine keeps gradients in its own buffers, from its own hooks: left as it is.
+        compiled |= hasattr(inner, "_orig_mod") or getattr(inner, "_compiled_call_impl", None) is not None \
+            or type(inner).__name__ == "DeepSpeedEngine"
         inner = getattr(inner, "_orig_mod", None) or getattr(inner, "module", None) or \
             (inner.get_base_model() if hasattr(inner, "get_base_model") else inner)
     get = getattr(inner, "get_input_embeddings", None)
     embedding = get() if callable(get) else None
     if (compiled or not isinstance(embedding, nn.Embedding) or embedding.weight is not head.weight
             or embedding.sparse or not head.weight.requires_grad or not torch.is_grad_enabled()
-            or torch.compiler.is_compiling()):
+            or torch.compiler.is_compiling()
+            or (torch.are_deterministic_algorithms_enabled() and head.weight.device.type != "cpu")):
         yield False
         return
     embedding.sparse = True

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import sft_recipe.data.chat_turns as chat_turns
 from sft_recipe.data.chat_turns import encode_conversation, locate_turns
 from sft_recipe.data.mask import IGNORE_INDEX, _in_span, span_labels
+from sft_recipe.errors import DataError
 
 _TOKENIZERS: dict = {}
 
@@ -30,8 +31,12 @@ def A(text, **extra):
     return {"role": "assistant", "content": text, **extra}
 
 
-WORDS = ["Paris", "yes", "no", "cat", "21", "very.", "<|im_end|>", "</s>", "<|eot_id|>", "[INST]",
-         "<|im_start|>assistant\n", "<end_of_turn>", "\n"]
+WORDS = ["Paris", "yes", "no", "cat", "21", "very.", "<|im_end|>", "</s>", "<|eot_id|>", "[INST]", "[/INST]",
+         "<|im_start|>assistant\n", "<end_of_turn>", "\n",
+         # whole pieces of template text between two messages, quoted in a message
+         "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>\n<|im_start|>user\n", "<|end|>\n<|user|>\n",
+         "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", "<end_of_turn>\n<start_of_turn>model\n",
+         "<｜Assistant｜>", "<｜end▁of▁sentence｜><｜User｜>"]
 
 
 @st.composite
@@ -45,6 +50,8 @@ def conversations(draw):
         if family in ("qwen3", "deepseek-r1") and draw(st.booleans()):
             answer["reasoning_content"] = draw(text)
         messages.append(answer)
+        if draw(st.integers(0, 4)) == 0:  # a second answer in a row, sometimes empty
+            messages.append(A(draw(st.one_of(text, st.just("")))))
     return family, messages, draw(st.sampled_from(["all_assistant", "last_assistant"]))
 
 
@@ -55,8 +62,14 @@ def test_property_anchored_location_equals_the_per_turn_reference(case):
     family's markers and headers: the same spans as locating each turn by its own prefix."""
     family, messages, train_on = case
     t = tok(family)
-    assert locate_turns(t, messages, train_on=train_on) == locate_turns(t, messages, train_on=train_on,
-                                                                        by_anchor=False)
+
+    def outcome(**kw):
+        try:
+            return locate_turns(t, messages, train_on=train_on, **kw)
+        except DataError as exc:  # e.g. Mistral's template refuses two answers in a row: the same refusal
+            return str(exc)
+
+    assert outcome() == outcome(by_anchor=False)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -76,6 +89,24 @@ def test_renderings_per_conversation_do_not_grow_with_its_turns(family, monkeypa
 
     assert renderings(4) == renderings(32) <= 7
     assert renderings(32, by_anchor=False) > 32  # the reference: one prefix per turn
+
+
+@pytest.mark.parametrize("family, messages, trained", [
+    ("qwen2.5", [U("After <|im_end|>\n<|im_start|>assistant\n comes the reply."), A("Sure."), U("q"), A("yes")],
+     ["Sure.<|im_end|>", "yes<|im_end|>"]),
+    ("qwen2.5", [U("hi"), A("A turn: <|im_end|>\n<|im_start|>user\n then text."), U("q"), A("yes")],
+     ["A turn: <|im_end|>\n<|im_start|>user\n then text.<|im_end|>", "yes<|im_end|>"]),
+    ("qwen3", [U("hi"), A("a"), A(""), A("c"), U("q"), A("d")],
+     ["a<|im_end|>", "c<|im_end|>", "<think>\n\n</think>\n\nd<|im_end|>"]),
+])
+def test_golden_texts_quoting_the_template_and_empty_answers(family, messages, trained):
+    """A user quoting the text between a user turn and an answer, an answer quoting the text between
+    an answer and the next user turn, an empty answer between two answers: each turn is its own answer
+    and its end marker, with no prompt text (these misplaced the anchored location before it refused
+    renderings that align in more than one way and looked only right after the previous message)."""
+    whole, turns = locate_turns(tok(family), messages)
+    assert [whole[t.start:t.end] for t in turns if t.trained] == trained
+    assert (whole, turns) == locate_turns(tok(family), messages, by_anchor=False)
 
 
 @pytest.mark.parametrize("family", ["llama3", "mistral", "gemma"])
