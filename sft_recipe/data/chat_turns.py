@@ -25,8 +25,8 @@ text before its content, at a fixed number of renderings per conversation (linea
 to b-d per turn where the anchors do not match. A turn ends at the first end-of-turn marker after
 its content *as rendered* (from the sentinel rendering), so an answer quoting the marker is
 trained whole even where the template trims it. A turn that cannot be located is a DataError
-naming the message, unless its only text is reasoning the template drops (the fidelity audit
-reports that).
+naming the message, unless its only text is reasoning the template drops (never trained; the
+fidelity audit reports the loss).
 
 History rewriting: each turn is trained exactly as it appears in the single whole rendering. So
 Qwen3 trains earlier answers without their reasoning (its template drops it) and the answers after
@@ -131,14 +131,10 @@ def locate_turns(tokenizer, messages: Any, *, tools: Any = None, train_on: str =
         for i in assistants:
             at = anchors.start(whole, i, pos) if anchors is not None else None
             found = (at, at) if at is not None else locator.locate(i, pos)
-            if found is None and _has_text(messages[i]):
-                try:
-                    found = _search_turn(whole, messages[i], i, pos, rend(messages[:i], True), rend(messages[:i], False))
-                except DataError:
-                    if _has_text(messages[i], reasoning=False):
-                        raise
-                    # reasoning alone, which the template drops: nothing to train here; the fidelity
-                    # audit reports the loss (or train_dropped_reasoning trains it in a row of its own)
+            if found is None and _has_text(messages[i], reasoning=False):
+                found = _search_turn(whole, messages[i], i, pos, locator.prefix(i, True), locator.prefix(i, False))
+            # Reasoning alone that neither rendering places: nothing to train, and searching for its
+            # text could match a later message; the fidelity audit reports a template that drops it.
             if found is None:
                 spans.append((pos, pos))  # nothing to locate and never trained: leave pos where it is
                 continue

@@ -100,12 +100,20 @@ Render = Callable[[list, bool], str]  # (messages, add_generation_prompt) -> the
 @dataclass
 class TurnLocator:
     """Per-turn location: (start, content end) of assistant turn i at or after `pos`, by its prefix
-    rendering (step b) or the sentinel rendering and the template's lead (step c); None otherwise.
+    rendering (step b), or else in the sentinel rendering: after the generation prompt where it
+    precedes the turn's text, or by the template's lead (step c); None otherwise.
     The sentinel rendering is made once, when first needed."""
     whole: str
     messages: list[dict]
     rend: Render
     _regions: dict[int, tuple[int, int]] | None | bool = field(default=False, repr=False)
+    _prefixes: dict[tuple[int, bool], str] = field(default_factory=dict, repr=False)
+
+    def prefix(self, i: int, generation: bool) -> str:
+        """The rendering of the messages before i (with the generation prompt), made once."""
+        if (i, generation) not in self._prefixes:
+            self._prefixes[i, generation] = self.rend(self.messages[:i], generation)
+        return self._prefixes[i, generation]
 
     @property
     def marked(self) -> list[dict]:
@@ -119,13 +127,20 @@ class TurnLocator:
         return self._regions  # type: ignore[return-value]
 
     def locate(self, i: int, pos: int) -> tuple[int, int] | None:
-        prompt = self.rend(self.messages[:i], True)
+        prompt = self.prefix(i, True)
         if self.whole.startswith(prompt) and len(prompt) >= pos:
             return len(prompt), len(prompt)
         regions = self.regions
         if not regions or i not in regions or regions[i][0] < pos:
             return None
         rs, content_end = regions[i]
+        # The generation prompt, where the rendering has it right before this turn's text (Qwen3 writes
+        # an empty think block into the prefix's last answer, so the prefix is not a prefix).
+        history = self.prefix(i, False)
+        generation = prompt[len(history):] if prompt.startswith(history) else ""
+        before = max(pos, regions[i - 1][1]) if i - 1 in regions else pos
+        if generation.strip() and (at := self.whole.rfind(generation, before, rs)) >= 0:
+            return at + len(generation), content_end
         marked = self.marked
         lead_text = lead(self.rend(marked[:i + 1], False), self.rend(marked[:i], True), i)
         fits = lead_text and rs - len(lead_text) >= pos and self.whole[rs - len(lead_text):rs] == lead_text
@@ -148,7 +163,7 @@ class Anchors:
         found = locator.locate(last, 0)
         if found is None or not regions[last - 1][1] <= found[0] <= regions[last][0]:
             return None
-        prompt, history = locator.rend(messages[:last], True), locator.rend(messages[:last], False)
+        prompt, history = locator.prefix(last, True), locator.prefix(last, False)
         generation = prompt[len(history):] if prompt.startswith(history) and whole.startswith(prompt) else ""
         return cls(regions, whole[regions[last - 1][1]:found[0]], generation)
 

@@ -98,6 +98,9 @@ def test_renderings_per_conversation_do_not_grow_with_its_turns(family, monkeypa
      ["A turn: <|im_end|>\n<|im_start|>user\n then text.<|im_end|>", "yes<|im_end|>"]),
     ("qwen3", [U("hi"), A("a"), A(""), A("c"), U("q"), A("d")],
      ["a<|im_end|>", "c<|im_end|>", "<think>\n\n</think>\n\nd<|im_end|>"]),
+    # reasoning alone, dropped by the template, whose words a later user message repeats
+    ("qwen3", [U("hi"), A("a"), A("", reasoning_content="lovely"), U("q"), A("x"), U("lovely day"), A("y")],
+     ["a<|im_end|>", "x<|im_end|>", "<think>\n\n</think>\n\ny<|im_end|>"]),
 ])
 def test_golden_texts_quoting_the_template_and_empty_answers(family, messages, trained):
     """A user quoting the text between a user turn and an answer, an answer quoting the text between
@@ -151,3 +154,37 @@ def test_property_span_labels_equal_checking_every_span(tokens, spans):
                 for i, (a, b) in zip(ids, offsets)]
     assert span_labels(text, ids, offsets, spans) == expected
 
+
+
+# Qwen3's behaviour that matters here, with tools: the last answer after the last user turn gets an
+# empty think block, so the rendering of the conversation up to a turn is not a prefix of the whole.
+THINK_ON_LAST_WITH_TOOLS = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' + (tools | tojson) + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- set ns = namespace(last_query=messages|length - 1) %}"
+    "{%- for m in messages %}{%- if m.role == 'user' %}{%- set ns.last_query = loop.index0 %}{%- endif %}{%- endfor %}"
+    "{%- for m in messages %}"
+    "{%- if m.role == 'user' %}{{- '<|im_start|>user\\n' + m.content + '<|im_end|>\\n' }}"
+    "{%- elif m.role == 'tool' %}{{- '<|im_start|>user\\n<tool_response>\\n' + m.content + '\\n</tool_response><|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if loop.index0 > ns.last_query and loop.last %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{{- m.content }}{%- for c in m.tool_calls or [] %}{{- '<tool_call>\\n{\"name\": \"' + c.function.name + "
+    "'\", \"arguments\": ' + (c.function.arguments | tojson) + '}\\n</tool_call>' }}{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+
+@pytest.mark.parametrize("by_anchor", [True, False])
+def test_golden_tool_call_after_an_answer_starts_at_its_header(by_anchor):
+    """A tool call right after an answer, where the template writes the prefix's last answer differently
+    (an empty think block): the call is trained from `<tool_call>`, not from inside it (the per-turn
+    location started at the tool's name, leaving `<tool_call>\\n{"name": "` untrained)."""
+    t = build_tokenizer("qwen2.5")
+    t.chat_template = THINK_ON_LAST_WITH_TOOLS
+    call = {"type": "function", "id": "abc123def", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather.",
+                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    messages = [U("hi"), A("ok"), A("", tool_calls=[call]), {"role": "tool", "content": "sunny"}, A("It is sunny.")]
+    whole, turns = locate_turns(t, messages, tools=tools, by_anchor=by_anchor)
+    assert [whole[x.start:x.end] for x in turns if x.trained] == [
+        "ok<|im_end|>", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+        "<think>\n\n</think>\n\nIt is sunny.<|im_end|>"]
