@@ -336,3 +336,33 @@ def test_remote_code_is_off_unless_the_recipe_asks(tmp_path, toy_tokenizer, monk
     seen.clear()
     load_tokenizer(str(model_dir), trust_remote_code=True)
     assert seen == [("AutoTokenizer", True)]
+
+
+@pytest.mark.parametrize("lines, where, kind", [
+    # pyarrow's JSON reader segfaults on these (found by fuzzing): refused before it reads them
+    (['NaN', json.dumps("\u1f65\n\n\nP"), json.dumps(GOOD)], "line 1", "float"),
+    (["null", json.dumps(GOOD)], "line 1", "null"),
+    ([json.dumps(GOOD), "", '  "a string"'], "line 3", "str"),
+    ([json.dumps(GOOD), "[1, 2]"], "line 2", "list"),
+    ([json.dumps(GOOD), "{not json"], "line 2", "malformed JSON"),
+])
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_json_lines_that_are_not_objects_are_one_line_before_pyarrow(tmp_path, run_cli, lines, where, kind, suffix):
+    """`datasets` reads a .json file as JSON lines first, so both suffixes are checked (an array or one
+    object over several lines is JSON: next test). A regression here crashes the test run itself."""
+    data = tmp_path / f"data{suffix}"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, _, err = run_cli(dataset=str(data))
+    assert code == 2, err
+    line = error_line(err)
+    assert str(data) in line and where in line and kind in line
+
+
+def test_a_byte_order_mark_and_pretty_printed_json_still_load(tmp_path, run_cli):
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps({**GOOD, "output": f"a {i}"}) + "\n" for i in range(12)).encode())
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps([{**GOOD, "output": f"b {i}"} for i in range(12)], indent=2), encoding="utf-8")
+    for data in (bom, pretty):
+        code, out, err = run_cli(dataset=str(data))
+        assert code == 0, err

@@ -106,19 +106,47 @@ def check_text_file(path: Path) -> None:
     if blank:
         raise DataError(f"{path}: the file is empty (only whitespace)")
     if builder == "json":
-        reject_null_lines(path)
+        reject_non_object_lines(path)
 
 
-def reject_null_lines(path: Path) -> None:
-    """A JSON line that is a bare `null` crashes pyarrow's JSON reader (a segfault, no exception),
-    so look for one first; a regex over the memory-mapped file costs little even for large files."""
+def reject_non_object_lines(path: Path) -> None:
+    """In JSON lines, a line that is not an object (`null`, `NaN`, a string, a number, an array)
+    can crash pyarrow's JSON reader (a segfault, no exception; found by fuzzing: `NaN`, then a
+    string, then an object), so look for one first: a regex over the memory-mapped file costs little
+    even for large files. A .json file that is an array, or one object over several lines, is JSON,
+    not JSON lines, and is left to `datasets`; any other .json file is checked like JSON lines."""
     if path.stat().st_size == 0:
         return
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        match = re.search(rb"^[ \t\r]*null[ \t\r]*$", data, re.MULTILINE)
+        bom = 3 if data[:3] == b"\xef\xbb\xbf" else 0  # a UTF-8 byte-order mark, which `datasets` reads past
+        newline = data.find(b"\n")
+        first = data[bom:newline if newline >= 0 else len(data)]
+        if path.suffix.lower() == ".json":
+            start = re.compile(rb"[^ \t\r\n]").search(data, bom)
+            head = data[start.start():start.start() + 1] if start else b""
+            line_end = data.find(b"\n", start.start()) if start else -1
+            if head == b"[" or (head == b"{" and not _is_object(data[start.start():line_end if line_end >= 0
+                                                                    else len(data)])):
+                return  # an array, or one object over several lines: JSON, not JSON lines
+        pattern = re.compile(rb"^[ \t\r]*[^{ \t\r\n]", re.MULTILINE)
+        match = pattern.match(first) or (pattern.search(data, newline) if newline >= 0 else None)
         if match:
-            lineno = data[:match.start()].count(b"\n") + 1
-            raise DataError(f"{path}: line {lineno}: expected a JSON object, got null")
+            at = match.start() + (bom if match.string is first else 0)
+            lineno = data[:at].count(b"\n") + 1
+            end = data.find(b"\n", at)
+            line = data[at:end if end >= 0 else len(data)].decode("utf-8", "replace")
+            try:
+                what = type(json.loads(line)).__name__.replace("NoneType", "null")
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {lineno}: malformed JSON: {exc.msg}") from None
+            raise DataError(f"{path}: line {lineno}: expected a JSON object, got {what}")
+
+
+def _is_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
 
 
 def iter_json_rows(path: Path) -> Iterator[tuple[str, Any]]:
