@@ -109,6 +109,10 @@ def check_text_file(path: Path) -> None:
         reject_non_object_lines(path)
 
 
+_NON_BLANK = re.compile(rb"[^ \t\r\n]")
+_NON_OBJECT_LINE = re.compile(rb"\n[ \t\r]*([^{ \t\r\n])")  # a later line that does not start an object
+
+
 def reject_non_object_lines(path: Path) -> None:
     """In JSON lines, a line that is not an object (`null`, `NaN`, a string, a number, an array)
     can crash pyarrow's JSON reader (a segfault, no exception; found by fuzzing: `NaN`, then a
@@ -118,28 +122,31 @@ def reject_non_object_lines(path: Path) -> None:
     if path.stat().st_size == 0:
         return
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        bom = 3 if data[:3] == b"\xef\xbb\xbf" else 0  # a UTF-8 byte-order mark, which `datasets` reads past
-        newline = data.find(b"\n")
-        first = data[bom:newline if newline >= 0 else len(data)]
-        if path.suffix.lower() == ".json":
-            start = re.compile(rb"[^ \t\r\n]").search(data, bom)
-            head = data[start.start():start.start() + 1] if start else b""
-            line_end = data.find(b"\n", start.start()) if start else -1
-            if head == b"[" or (head == b"{" and not _is_object(data[start.start():line_end if line_end >= 0
-                                                                    else len(data)])):
-                return  # an array, or one object over several lines: JSON, not JSON lines
-        pattern = re.compile(rb"^[ \t\r]*[^{ \t\r\n]", re.MULTILINE)
-        match = pattern.match(first) or (pattern.search(data, newline) if newline >= 0 else None)
-        if match:
-            at = match.start() + (bom if match.string is first else 0)
-            lineno = data[:at].count(b"\n") + 1
-            end = data.find(b"\n", at)
-            line = data[at:end if end >= 0 else len(data)].decode("utf-8", "replace")
-            try:
-                what = type(json.loads(line)).__name__.replace("NoneType", "null")
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {lineno}: malformed JSON: {exc.msg}") from None
-            raise DataError(f"{path}: line {lineno}: expected a JSON object, got {what}")
+        # past a UTF-8 byte-order mark (which `datasets` reads past) and leading blank lines
+        first = _NON_BLANK.search(data, 3 if data[:3] == b"\xef\xbb\xbf" else 0)
+        if first is None:
+            return
+        at = first.start()
+        if path.suffix.lower() == ".json" and (data[at:at + 1] == b"[" or (
+                data[at:at + 1] == b"{" and not _is_object(_line_at(data, at)))):
+            return  # an array, or one object over several lines: JSON, not JSON lines
+        if data[at:at + 1] == b"{":
+            later = _NON_OBJECT_LINE.search(data, at)
+            if later is None:
+                return
+            at = later.start(1)
+        lineno = data[:at].count(b"\n") + 1
+        line = _line_at(data, at).decode("utf-8", "replace")
+        try:
+            what = type(json.loads(line)).__name__.replace("NoneType", "null")
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {lineno}: malformed JSON: {exc.msg}") from None
+        raise DataError(f"{path}: line {lineno}: expected a JSON object, got {what}")
+
+
+def _line_at(data, at: int) -> bytes:
+    end = data.find(b"\n", at)
+    return data[at:end if end >= 0 else len(data)]
 
 
 def _is_object(line: bytes) -> bool:

@@ -82,15 +82,16 @@ def span_labels(text: str, ids: list[int], offsets: Sequence[tuple[int, int]],
     that absorb the whitespace after them: at generation time the prompt already ends with such a
     token, so the model could never produce it; training it would teach the header as output."""
     labels = [IGNORE_INDEX] * len(ids)
-    spans = sorted(spans)
-    ends = [e for _, e in spans]
-    if any(e > s for (_, e), (s, _) in zip(spans, spans[1:])):  # overlapping spans: check each one
-        for n, (a, b) in enumerate(offsets):
-            if any(_in_span(text, a, b, s, e) for s, e in spans):
-                labels[n] = ids[n]
-        return labels
-    # Disjoint spans: only those ending after the token starts and starting before it ends can hold
-    # it, found by bisection, so a long conversation costs tokens x log(turns), not tokens x turns.
+    # Overlapping spans merged (the same tokens qualify), then only the spans ending after a token
+    # starts and starting before it ends can hold it, found by bisection: a long conversation costs
+    # tokens x log(turns), not tokens x turns.
+    merged: list[tuple[int, int]] = []
+    for s, e in sorted(spans):
+        if merged and s < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
+        else:
+            merged.append((s, e))
+    spans, ends = merged, [e for _, e in merged]
     for n, (a, b) in enumerate(offsets):
         j = bisect.bisect_right(ends, a)
         while j < len(spans) and spans[j][0] < max(b, a + 1):

@@ -9,7 +9,7 @@ assistant turn, located by the per-turn method. From that turn they take the tem
 runs from the end of the previous message's content to the turn's start (the previous message's
 closing and the generation prompt), and the generation prompt alone. Every other turn starts where
 the same text ends before its content; a turn where neither anchor matches is located by the
-per-turn method, as before. `tests/data/test_chat_turns.py` checks that both give the same spans.
+per-turn method, as before. `tests/data/test_turn_location.py` checks that both give the same spans.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 _SENTINEL_RE = re.compile(r"ZQXSNT(\d+)([a-z])(\d+)QZX")
 
@@ -115,9 +116,15 @@ class TurnLocator:
             self._prefixes[i, generation] = self.rend(self.messages[:i], generation)
         return self._prefixes[i, generation]
 
-    @property
+    @cached_property
     def marked(self) -> list[dict]:
         return [with_sentinels(m, j) for j, m in enumerate(self.messages)]
+
+    def generation(self, i: int) -> str:
+        """What the template adds for the generation prompt after the messages before i ("" when the
+        rendering with it does not extend the rendering without it)."""
+        prompt, history = self.prefix(i, True), self.prefix(i, False)
+        return prompt[len(history):] if prompt.startswith(history) else ""
 
     @property
     def regions(self) -> dict[int, tuple[int, int]] | None:
@@ -136,8 +143,7 @@ class TurnLocator:
         rs, content_end = regions[i]
         # The generation prompt, where the rendering has it right before this turn's text (Qwen3 writes
         # an empty think block into the prefix's last answer, so the prefix is not a prefix).
-        history = self.prefix(i, False)
-        generation = prompt[len(history):] if prompt.startswith(history) else ""
+        generation = self.generation(i)
         before = max(pos, regions[i - 1][1]) if i - 1 in regions else pos
         if generation.strip() and (at := self.whole.rfind(generation, before, rs)) >= 0:
             return at + len(generation), content_end
@@ -163,9 +169,7 @@ class Anchors:
         found = locator.locate(last, 0)
         if found is None or not regions[last - 1][1] <= found[0] <= regions[last][0]:
             return None
-        prompt, history = locator.prefix(last, True), locator.prefix(last, False)
-        generation = prompt[len(history):] if prompt.startswith(history) and whole.startswith(prompt) else ""
-        return cls(regions, whole[regions[last - 1][1]:found[0]], generation)
+        return cls(regions, whole[regions[last - 1][1]:found[0]], locator.generation(last))
 
     def start(self, whole: str, i: int, pos: int) -> int | None:
         """Where turn i's trained span starts, or None when the anchors do not tell: only between

@@ -103,3 +103,17 @@ def build_tokenizer(family: str) -> PreTrainedTokenizerFast:
                                         bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk)
     tokenizer.chat_template = template(family)
     return tokenizer
+
+
+@lru_cache(maxsize=None)
+def shared_tokenizer(family: str) -> PreTrainedTokenizerFast:
+    """One tokenizer per family for the tests that only read it (building one takes a moment)."""
+    return build_tokenizer(family)
+
+
+def U(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def A(text: str, **extra) -> dict:
+    return {"role": "assistant", "content": text, **extra}

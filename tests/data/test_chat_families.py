@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from families import END_OF_TURN, FAMILIES, build_tokenizer
+from families import END_OF_TURN, FAMILIES, A, U, build_tokenizer, shared_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,13 +23,7 @@ from sft_recipe.formats.conversation import normalise_messages
 from sft_recipe.errors import UserError
 
 X = IGNORE_INDEX
-_TOKENIZERS: dict = {}
-
-
-def tok(family):
-    if family not in _TOKENIZERS:
-        _TOKENIZERS[family] = build_tokenizer(family)
-    return _TOKENIZERS[family]
+tok = shared_tokenizer
 
 
 def runs(labels):
@@ -61,14 +55,6 @@ def trained(family, messages, **kw):
     t = tok(family)
     ids, labels = encode_conversation(t, messages, **kw)
     return [t.decode(ids[s:e]) for s, e in runs(labels)]
-
-
-def U(text):
-    return {"role": "user", "content": text}
-
-
-def A(text, **kw):
-    return {"role": "assistant", "content": text, **kw}
 
 
 SYS = {"role": "system", "content": "Be brief."}

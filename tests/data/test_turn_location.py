@@ -5,7 +5,7 @@ length, and an answer quoting the end-of-turn marker (which a template may trim)
 from __future__ import annotations
 
 import pytest
-from families import END_OF_TURN, FAMILIES, build_tokenizer
+from families import END_OF_TURN, FAMILIES, A, U, build_tokenizer, shared_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,21 +14,7 @@ from sft_recipe.data.chat_turns import encode_conversation, locate_turns
 from sft_recipe.data.mask import IGNORE_INDEX, _in_span, span_labels
 from sft_recipe.errors import DataError
 
-_TOKENIZERS: dict = {}
-
-
-def tok(family):
-    if family not in _TOKENIZERS:
-        _TOKENIZERS[family] = build_tokenizer(family)
-    return _TOKENIZERS[family]
-
-
-def U(text):
-    return {"role": "user", "content": text}
-
-
-def A(text, **extra):
-    return {"role": "assistant", "content": text, **extra}
+tok = shared_tokenizer
 
 
 WORDS = ["Paris", "yes", "no", "cat", "21", "very.", "<|im_end|>", "</s>", "<|eot_id|>", "[INST]", "[/INST]",
