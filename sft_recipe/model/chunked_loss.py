@@ -60,10 +60,15 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         # fill; a frozen head (LoRA) needs neither the buffer nor the matmul that fills it.
         grad_weight: torch.Tensor | None = None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if ctx.needs_input_grad[2] else None
+        # fp32 outside autocast: every chunk's logits go into one buffer. A fresh chunk-sized tensor
+        # is fresh memory from the system each time (glibc maps blocks this large anew), and faulting
+        # its pages in made the logits matmul ~20% slower on the CPU.
+        reuse = hidden.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled(hidden.device.type)
+        buffer = hidden.new_empty((min(chunk_size, hidden.shape[0]), weight.shape[0])) if reuse else None
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size]
             t = targets[start:start + chunk_size]
-            logits = nn.functional.linear(h, weight, bias).float()  # no copy when already fp32
+            logits = linear_into(buffer, h, weight, bias)
             target_logits = logits.gather(1, t[:, None]).squeeze(1)
             if not needs_grad:  # accuracy is an eval metric; training skips the extra pass
                 correct += (logits.argmax(dim=-1) == t).sum()
@@ -81,8 +86,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                     grad_weight = accumulate_matmul(grad_weight, probs.T, h)
                 if grad_bias is not None:
                     grad_bias += probs.sum(0)
-            # Free this chunk's logits before the next chunk allocates its own: one chunk-sized
-            # buffer alive at a time, and the allocator can hand the same block straight back.
+            # Without the shared buffer, free this chunk's logits before the next chunk allocates its
+            # own: one chunk-sized buffer alive at a time.
             del logits, probs
         if grad_weight is None and ctx.needs_input_grad[1]:  # no trainable token; DDP still waits for a gradient
             grad_weight = torch.zeros_like(weight, dtype=torch.float32)
@@ -118,6 +123,16 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             None,
             None,
         )
+
+
+def linear_into(buffer: torch.Tensor | None, h: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """fp32 logits of `h`: written into the first rows of `buffer` when there is one, else a new
+    tensor (under autocast the product is bf16/fp16, upcast like the transformers loss)."""
+    if buffer is None:
+        return nn.functional.linear(h, weight, bias).float()  # no copy when already fp32
+    out = buffer[:h.shape[0]]
+    return torch.mm(h, weight.T, out=out) if bias is None else torch.addmm(bias, h, weight.T, out=out)
 
 
 def accumulate_matmul(out: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

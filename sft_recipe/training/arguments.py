@@ -28,6 +28,16 @@ def loss_chunk_size(config: SFTConfig, vocab_size: int | None = None) -> int:
     return config.loss_chunk_size if config.loss_chunk_size is not None else default_loss_chunk_size(vocab_size)
 
 
+def sampling_strategy(config: SFTConfig) -> str:
+    """Padded rows of varying length: each optimizer step's rows, drawn at random, are split into
+    micro-batches by length (`training/sampling.py`), or grouped by length across the dataset if
+    asked. Packed bins carry no padding, text blocks all have one length, and a stream has no
+    index to sample: those are read in random (or stream) order."""
+    if config.packing or config.form is Form.TEXT or config.streaming:
+        return "random"
+    return "group_by_length" if config.group_by_length else "batch_rebalance"
+
+
 def to_training_arguments(config: SFTConfig, **overrides: Any):
     """Map the recipe onto `TrainingArguments`, field by field; `overrides` win (used by tests)."""
     precision = resolve_precision(config.precision)
@@ -62,10 +72,7 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         report_to=list(config.report_to) or "none",
-        # Length grouping only pays on the padded path; packed batches carry no padding.
-        # Text blocks all have the same length: grouping would only cost a pass over the dataset.
-        train_sampling_strategy="group_by_length"
-        if config.group_by_length and not config.packing and config.form is not Form.TEXT else "random",
+        train_sampling_strategy=sampling_strategy(config),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         torch_compile=config.torch_compile,

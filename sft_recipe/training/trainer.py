@@ -10,6 +10,8 @@ What it overrides, and why:
   Under FSDP or ZeRO-3 the loss is computed inside the head's forward, where the sharding wrapper
   has gathered the head's weight; FSDP2 averages gradients like DDP.
 - `prediction_step`: in a loss-only evaluation, adds each batch's sums to `eval_counts`.
+- `_get_train_sampler`: padded rows get `sampling.StepBalancedSampler` (each optimizer step's
+  random rows, split into micro-batches by length).
 - `get_batch_samples` and `log`: a running count of trainable tokens, logged as
   `trainable_tokens_seen` for the throughput callback.
 - `evaluation_loop`: eval loss as the mean over every held-out trainable token on all processes
@@ -27,7 +29,7 @@ from typing import Any
 
 import torch
 from accelerate.data_loader import prepare_data_loader
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from transformers import Trainer
 from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -35,6 +37,7 @@ from ..rundir.layout import CHECKPOINT_PREFIX
 from ..rundir.checkpoints import saving
 from ..errors import UserError, one_line
 from .loss import LOGITS, OWN, EvalCounts, LossPath, router_aux_loss
+from .sampling import StepBalancedSampler
 
 log = logging.getLogger("sft_recipe")
 
@@ -94,6 +97,20 @@ class SFTTrainer(Trainer):
                             num_workers=0, pin_memory=self.args.dataloader_pin_memory)
         return prepare_data_loader(loader, self.args.device, num_processes=1, process_index=0, put_on_device=True,
                                    dispatch_batches=False)
+
+    def _get_train_sampler(self, train_dataset: Any = None):
+        """`batch_rebalance` is ours (`sampling.StepBalancedSampler`): the recipe's seed, lengths from
+        the prepared rows' `length` column, and no row repeated to fill a short last step."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "batch_rebalance":
+            return super()._get_train_sampler(train_dataset)
+        if "length" not in (getattr(dataset, "column_names", None) or ()):
+            return RandomSampler(dataset)
+        args = self.args
+        return StepBalancedSampler(
+            [int(n) for n in dataset["length"]], self._train_batch_size, args.gradient_accumulation_steps,
+            seed=args.data_seed if args.data_seed is not None else args.seed, world_size=max(1, args.world_size),
+            rank=args.process_index if args.world_size > 1 else 0, drop_last=args.dataloader_drop_last)
 
     def _save_checkpoint(self, model, trial):
         """Whatever a save raises becomes one line naming the checkpoint (see `checkpoints.saving`)."""

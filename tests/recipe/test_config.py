@@ -64,12 +64,15 @@ def test_fixed_policy():
     assert args.average_tokens_across_devices is True
     assert args.report_to == [] or args.report_to == "none" or args.report_to == ["none"]
     assert not args.bf16 and not args.fp16  # CPU stays fp32
-    assert args.train_sampling_strategy == "random"
+    assert args.train_sampling_strategy == "batch_rebalance"  # ours: training/sampling.py
 
 
-def test_packing_disables_length_grouping():
-    config = SFTConfig(**BASE, packing=True, group_by_length=True)
-    assert to_training_arguments(config).train_sampling_strategy == "random"
+@pytest.mark.parametrize("keys", [dict(packing=True), dict(packing="bfd"), dict(streaming=True, max_steps=5),
+                                  dict(dataset_format="text")])
+def test_rows_without_padding_or_an_index_are_read_in_random_order(keys):
+    for grouped in (False, True):
+        config = SFTConfig(**{**BASE, **keys, "group_by_length": grouped})
+        assert to_training_arguments(config).train_sampling_strategy == "random"
 
 
 def test_pass_through_and_its_errors():
