@@ -40,25 +40,37 @@ from ..data.mask import IGNORE_INDEX
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """sum(cross_entropy(hidden @ weight.T + bias, targets)), chunk by chunk.
+    """sum(cross_entropy(hidden @ weight.T + bias, targets)) x `scale`, chunk by chunk.
 
     Gradients are computed in the forward pass (softmax - one_hot is known there), so backward
     only scales them: memory is one chunk of logits, compute is the same three matmuls as usual.
-    Logits are upcast to fp32 like the transformers loss. Returns (loss_sum, correct_count);
-    the count (next-token accuracy) is only computed without gradients, i.e. in evaluation.
+    Logits are upcast to fp32 like the transformers loss. Returns (loss, correct_count); the count
+    (next-token accuracy) is only computed without gradients, i.e. in evaluation.
+
+    `scale` (a 0-d tensor, or None for 1) is the training loss's normalisation (1 / trainable
+    tokens of the step): folded into the softmax's row factor, it costs nothing. With `into_grad`
+    (a tied head, see `sparse_tied_embedding`) the head's gradient goes to the weight's `.grad`:
+    - `eager`: in this forward, added chunk by chunk into `.grad` when a previous micro-batch made
+      one, so the head needs no gradient buffer of its own (nor the fresh memory for one, nor a
+      pass to add it). Only where the caller knows backward brings exactly 1 (a plain
+      `loss.backward()` of the normalised loss, `scale` given, fp32 weights); backward checks it;
+    - otherwise in backward, scaled by what backward brings.
     """
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, chunk_size: int, into_grad: bool = False):
+                targets: torch.Tensor, chunk_size: int, into_grad: bool = False,
+                scale: torch.Tensor | None = None, eager: bool = False):
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
+        eager = eager and into_grad and ctx.needs_input_grad[1] and scale is not None \
+            and weight.dtype == torch.float32
         # The head gradient accumulates in fp32 (bf16 sums over thousands of tokens lose the small
         # contributions). The first chunk's product creates it, so there is no weight-sized zero
         # fill; a frozen head (LoRA) needs neither the buffer nor the matmul that fills it.
-        grad_weight: torch.Tensor | None = None
+        grad_weight: torch.Tensor | None = weight.grad if eager else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if ctx.needs_input_grad[2] else None
         # fp32 outside autocast: every chunk's logits go into one buffer. A fresh chunk-sized tensor
         # is fresh memory from the system each time (glibc maps blocks this large anew), and faulting
@@ -78,12 +90,14 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             probs = logits.sub_(maxes).exp_()
             sums = probs.sum(dim=-1, keepdim=True)
             loss += (maxes.squeeze(1) + sums.squeeze(1).log() - target_logits).sum()
-            if needs_grad:
-                probs.div_(sums)
-                probs[torch.arange(len(t), device=t.device), t] -= 1.0  # d(loss)/d(logits)
+            if needs_grad:  # d(loss)/d(logits) = (softmax - one_hot) x scale
+                probs.div_(sums) if scale is None else probs.mul_(scale / sums)
+                probs[torch.arange(len(t), device=t.device), t] -= 1.0 if scale is None else scale
                 grad_hidden[start:start + chunk_size] = (probs.to(weight.dtype) @ weight).to(h.dtype)
                 if ctx.needs_input_grad[1]:
                     grad_weight = accumulate_matmul(grad_weight, probs.T, h)
+                    if eager and weight.grad is None:
+                        weight.grad = grad_weight
                 if grad_bias is not None:
                     grad_bias += probs.sum(0)
             # Without the shared buffer, free this chunk's logits before the next chunk allocates its
@@ -91,23 +105,33 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             del logits, probs
         if grad_weight is None and ctx.needs_input_grad[1]:  # no trainable token; DDP still waits for a gradient
             grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+            if eager:
+                weight.grad = grad_weight
         ctx.weight_dtype = weight.dtype
-        ctx.into = weight if into_grad and grad_weight is not None else None
+        ctx.eager = eager
+        ctx.into = weight if into_grad and grad_weight is not None and not eager else None
         # Kept on ctx, not with save_for_backward: backward hands each buffer on as the only reference.
         # A saved tensor is still referenced when autograd receives the gradient, so autograd would
         # copy it (a second weight-sized tensor), e.g. to add a tied embedding's gradient to it.
-        ctx.gradients = (grad_hidden, grad_weight, grad_bias)
+        ctx.gradients = (grad_hidden, None if eager else grad_weight, grad_bias)
         ctx.mark_non_differentiable(correct)
-        return loss, correct
+        return (loss if scale is None else loss * scale), correct
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _grad_correct: torch.Tensor):
         grad_hidden, grad_weight, grad_bias = ctx.gradients
         del ctx.gradients
         scale = grad_loss.float()
+        # On the CPU a check is free: a gradient of exactly 1 (the normalised loss's own) needs no pass.
+        unit = scale.device.type == "cpu" and float(scale) == 1.0
+        if ctx.eager and not unit:  # the head's part is already in `.grad`: only 1 keeps it right
+            if scale.device.type == "cpu":
+                raise RuntimeError(f"the chunked loss added the head's gradient to .grad in its forward, but "
+                                   f"backward brought {float(scale)}, not 1: the loss was rescaled after it")
+            torch._assert_async(scale == 1.0, "the chunked loss's eager head gradient needs a backward of 1")
         # In place: the buffers are ours and used once, so no second weight-sized copy.
         if grad_weight is not None:
-            grad_weight = grad_weight.mul_(scale).to(ctx.weight_dtype)
+            grad_weight = (grad_weight if unit else grad_weight.mul_(scale)).to(ctx.weight_dtype)
         if ctx.into is not None:  # tied: straight into `.grad`; the embedding's gradient follows (see above)
             param, ctx.into = ctx.into, None
             if param.grad is None:
@@ -115,14 +139,10 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             else:
                 param.grad.add_(grad_weight)
             grad_weight = None
-        return (
-            grad_hidden.mul_(scale.to(grad_hidden.dtype)) if grad_hidden is not None else None,
-            grad_weight,
-            grad_bias.mul_(scale) if grad_bias is not None else None,
-            None,
-            None,
-            None,
-        )
+        if not unit:
+            grad_hidden = grad_hidden.mul_(scale.to(grad_hidden.dtype)) if grad_hidden is not None else None
+            grad_bias = grad_bias.mul_(scale) if grad_bias is not None else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
 
 def linear_into(buffer: torch.Tensor | None, h: torch.Tensor, weight: torch.Tensor,
@@ -173,10 +193,12 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
 
 
 def trainable_token_loss(model: nn.Module, parts: tuple[nn.Module, nn.Linear], inputs: dict[str, torch.Tensor],
-                         chunk_size: int, extras: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(loss sum, correct next-token count, trainable-token count) of one micro-batch; see the
-    module docstring. `parts` is `decoder_and_head(model)`. `extras` receives the model output's
-    `aux_loss` (a mixture-of-experts router's load-balancing loss), when it has one."""
+                         chunk_size: int, extras: dict[str, Any] | None = None, scale: torch.Tensor | None = None,
+                         eager: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(loss sum x `scale`, correct next-token count, trainable-token count) of one micro-batch; see
+    the module docstring. `parts` is `decoder_and_head(model)`. `extras` receives the model output's
+    `aux_loss` (a mixture-of-experts router's load-balancing loss), when it has one. `eager`: the
+    caller's backward brings exactly 1 to the loss (see `ChunkedLinearCrossEntropy`)."""
     decoder, head = parts
     labels = inputs["labels"]
     captured: dict[str, torch.Tensor] = {}
@@ -203,8 +225,9 @@ def trainable_token_loss(model: nn.Module, parts: tuple[nn.Module, nn.Linear], i
         # to skip the gradient buffers (and have the accuracy counted).
         selected, weight = selected.detach(), weight.detach()
         bias = bias.detach() if bias is not None else None
-    loss_sum, correct = ChunkedLinearCrossEntropy.apply(selected, weight, bias, targets[keep], chunk_size, into_grad)
-    return loss_sum, correct, int(keep.sum())
+    loss, correct = ChunkedLinearCrossEntropy.apply(selected, weight, bias, targets[keep], chunk_size, into_grad,
+                                                    scale, eager)
+    return loss, correct, int(keep.sum())
 
 
 @contextlib.contextmanager

@@ -107,17 +107,20 @@ class LossPath:
     def own(self) -> bool:
         return self.kind == OWN
 
-    def sums(self, model: nn.Module, inputs: dict[str, torch.Tensor],
-             extras: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(loss sum, correct next-token count, trainable-token count) of one micro-batch."""
-        if self.kind in (OWN, LOGITS):
+    def sums(self, model: nn.Module, inputs: dict[str, torch.Tensor], extras: dict[str, Any] | None = None,
+             scale: torch.Tensor | None = None, eager: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(loss sum x `scale`, correct next-token count, trainable-token count) of one micro-batch.
+        `eager`: backward will bring exactly 1 to the loss (`ChunkedLinearCrossEntropy`)."""
+        if self.kind == CHUNKED:
+            return trainable_token_loss(model, self.parts, inputs, self.chunk_size, extras, scale, eager)  # type: ignore[arg-type]
+        if self.kind == INSIDE_HEAD:
+            loss, correct, count = head_trainable_token_loss(model, self.parts[1], inputs, self.chunk_size, extras)  # type: ignore[index]
+        else:
             output = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
             if extras is not None:
                 extras["aux_loss"] = getattr(output, "aux_loss", None)
-            return logits_sums(output.logits, inputs["labels"])
-        if self.kind == INSIDE_HEAD:
-            return head_trainable_token_loss(model, self.parts[1], inputs, self.chunk_size, extras)  # type: ignore[index]
-        return trainable_token_loss(model, self.parts, inputs, self.chunk_size, extras)  # type: ignore[arg-type]
+            loss, correct, count = logits_sums(output.logits, inputs["labels"])
+        return (loss if scale is None else loss * scale), correct, count
 
     def switch(self, kind: str, reason: str) -> None:
         self.kind, self.reason = kind, reason

@@ -31,10 +31,12 @@ import torch
 from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import Trainer
+from accelerate.utils import DistributedType
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..rundir.layout import CHECKPOINT_PREFIX
 from ..rundir.checkpoints import saving
+from ..data.mask import IGNORE_INDEX
 from ..errors import UserError, one_line
 from .loss import LOGITS, OWN, EvalCounts, LossPath, router_aux_loss
 from .sampling import StepBalancedSampler
@@ -171,17 +173,28 @@ class SFTTrainer(Trainer):
         if self.loss_path.own or return_outputs:  # outputs wanted: the model's own forward gives logits
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         extras: dict[str, Any] = {}
-        loss_sum, _, count = self.loss_path.sums(model, inputs, extras)
-        denominator = num_items_in_batch if num_items_in_batch is not None else count
-        loss = loss_sum / torch.clamp(torch.as_tensor(denominator, device=loss_sum.device), min=1)
+        labels = inputs["labels"]
+        denominator = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != IGNORE_INDEX).sum()
+        # DDP averages gradients over processes; the token count is already global.
+        processes = self.accelerator.num_processes \
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices else 1
+        scale = processes / torch.clamp(torch.as_tensor(denominator, device=labels.device, dtype=torch.float32), min=1)
+        # The loss goes to backward as it is (normalised by the step's tokens): its gradient there is 1.
+        plain = num_items_in_batch is not None and self._plain_backward()
+        loss, _, _ = self.loss_path.sums(model, inputs, extras, scale=scale, eager=plain)
         aux = router_aux_loss(self.model, extras.get("aux_loss"))
         if aux is not None:  # added per micro-batch, exactly as the model's own loss adds it
-            loss = loss + aux.to(loss.device)
+            loss = loss + aux.to(loss.device) * processes
             self.aux_losses.append(aux.detach().float())
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-            # DDP averages gradients over processes; the token count is already global.
-            loss = loss * self.accelerator.num_processes
         return loss
+
+    def _plain_backward(self) -> bool:
+        """Whether `training_step` hands the loss to a plain `loss.backward()` unscaled: no fp16 loss
+        scaler, no DeepSpeed engine, no DataParallel mean, no division by accumulation steps."""
+        accelerator = self.accelerator
+        return (accelerator.scaler is None and accelerator.distributed_type != DistributedType.DEEPSPEED
+                and self.args.n_gpu <= 1 and accelerator.gradient_accumulation_steps == 1
+                and getattr(self, "loss_is_scaled_for_ga", None) is not False and self.model_accepts_loss_kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """A loss-only evaluation step adds its sums to `eval_counts`, computed from the model's

@@ -71,11 +71,13 @@ def tiny_causal_lm(tied: bool):
     return AutoModelForCausalLM.from_config(config)
 
 
+@pytest.mark.parametrize("eager", [False, True], ids=["scaled-in-backward", "eager"])
 @pytest.mark.parametrize("tied", [True, False])
-def test_trainable_token_loss_gradients_equal_the_models_own_over_accumulation(tied):
+def test_trainable_token_loss_gradients_equal_the_models_own_over_accumulation(tied, eager):
     """Three accumulated micro-batches (one with no trainable token): every `.grad`, the tied
     embedding's included, equals the model's own loss's, and stays dense (the tied embedding's
-    backward is sparse for the duration of the forward only)."""
+    backward is sparse for the duration of the forward only). `eager`: the normalisation is given
+    to the loss, and a tied head's gradient is added to `.grad` in the forward."""
     model = tiny_causal_lm(tied)
     reference = copy.deepcopy(model)
     parts = decoder_and_head(model)
@@ -84,8 +86,13 @@ def test_trainable_token_loss_gradients_equal_the_models_own_over_accumulation(t
     labels[0, :, :4] = IGNORE_INDEX
     labels[1] = IGNORE_INDEX  # a micro-batch with nothing to train: zero head gradient, still dense
     for micro in range(3):
-        loss_sum, _, count = trainable_token_loss(model, parts, {"input_ids": ids[micro], "labels": labels[micro]}, 5)
-        (loss_sum / 20).backward()
+        batch = {"input_ids": ids[micro], "labels": labels[micro]}
+        if eager:
+            loss, _, _ = trainable_token_loss(model, parts, batch, 5, scale=torch.tensor(1 / 20), eager=True)
+            loss.backward()
+        else:
+            loss_sum, _, _ = trainable_token_loss(model, parts, batch, 5)
+            (loss_sum / 20).backward()
         own = reference(input_ids=ids[micro], labels=labels[micro]).logits.float()
         sums = torch.nn.functional.cross_entropy(own[:, :-1].reshape(-1, VOCAB), labels[micro][:, 1:].reshape(-1),
                                                  reduction="sum", ignore_index=IGNORE_INDEX)
@@ -111,6 +118,26 @@ def test_tied_head_backward_allocates_no_second_weight_sized_gradient():
     allocated = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage >= weight_bytes]
     assert allocated == [], allocated
     assert model.lm_head.weight.grad is not None
+
+
+def test_eager_head_gradient_needs_no_buffer_and_refuses_a_rescaled_backward():
+    """Eager: a second micro-batch adds its head gradient into `.grad` with no weight-sized tensor
+    of its own (forward or backward); a backward that brings anything but 1 is an error, not a
+    silently wrong gradient."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = tiny_causal_lm(tied=True)
+    parts = decoder_and_head(model)
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(2))
+    batch, scale = {"input_ids": ids, "labels": ids}, torch.tensor(0.25)
+    trainable_token_loss(model, parts, batch, 8, scale=scale, eager=True)[0].backward()
+    weight_bytes = model.lm_head.weight.numel() * 4
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        trainable_token_loss(model, parts, batch, 8, scale=scale, eager=True)[0].backward()
+    assert [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage >= weight_bytes] == []
+    loss, _, _ = trainable_token_loss(model, parts, batch, 8, scale=scale, eager=True)
+    with pytest.raises(RuntimeError, match="brought 2.0, not 1"):
+        (loss * 2).backward()
 
 
 def test_sparse_tied_embedding_only_where_it_is_exact():

@@ -152,6 +152,43 @@ def test_accumulation_gives_the_same_loss_and_update(chunk, packing, tmp_path):
             torch.testing.assert_close(update[name], u, atol=1e-6, rtol=1e-4, msg=f"{batch}x{accum} {name}")
 
 
+def test_tied_head_accumulation_gives_the_same_update_as_the_models_loss(tmp_path, monkeypatch):
+    """A tied head through the real Trainer: its gradient goes to `.grad` in the loss's forward (the
+    backward of a CPU fp32 run is plain); 8 x 1, 2 x 4 and the model's own loss take the same step."""
+    from sft_recipe.model.chunked_loss import ChunkedLinearCrossEntropy
+
+    calls = []
+    forward = ChunkedLinearCrossEntropy.forward
+
+    def spy(ctx, *args):
+        out = forward(ctx, *args)
+        calls.append(ctx.eager)
+        return out
+
+    monkeypatch.setattr(ChunkedLinearCrossEntropy, "forward", staticmethod(spy))
+
+    def tied():
+        return tiny_model("llama", VOCAB, seed=0, tie_word_embeddings=True)
+
+    reference_loss, reference_update = one_step(tmp_path / "own", 8, 1, 0, False, model=tied())
+    for batch, accum in ((8, 1), (2, 4)):
+        calls.clear()
+        loss, update = one_step(tmp_path / f"fast{batch}", batch, accum, 16, False, model=tied())
+        assert calls and all(calls), calls  # the eager path ran
+        assert loss == pytest.approx(reference_loss, rel=1e-4), (batch, accum)
+        for name, u in reference_update.items():
+            torch.testing.assert_close(update[name], u, atol=1e-6, rtol=1e-4, msg=f"{batch}x{accum} {name}")
+
+
+def test_plain_backward_only_where_the_loss_reaches_it_unscaled(tmp_path):
+    config = SFTConfig(dataset="unused.jsonl", model_name="unused", output_dir=str(tmp_path), callbacks=[])
+    trainer = SFTTrainer(model=tiny_model("llama", VOCAB), args=to_training_arguments(config, **QUIET),
+                         data_collator=PaddingCollator(pad_token_id=0))
+    assert trainer._plain_backward()
+    trainer.model_accepts_loss_kwargs = False  # the Trainer would divide the loss by the accumulation steps
+    assert not trainer._plain_backward()
+
+
 def test_both_loss_paths_give_the_same_step(tmp_path):
     fast_loss, fast_update = one_step(tmp_path / "fast", 2, 4, 16, False)
     model_loss, model_update = one_step(tmp_path / "model", 2, 4, 0, False)
