@@ -1,6 +1,6 @@
 """Which loss a run computes, and why: one decision per trainer, and the evaluation's running sums.
 
-Three paths (the kernels are in `model/chunked_loss.py`):
+Three paths (the kernel is `model/chunked_loss.py`, its wiring into a model `model/head_loss.py`):
 - `chunked`: the trainable-token loss: the decoder's hidden states at trainable positions only,
   projected chunk by chunk (`trainable_token_loss`);
 - `inside_head`: the same loss computed inside the head's forward, where FSDP2 or ZeRO-3 has
@@ -32,12 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.mask import IGNORE_INDEX
-from ..model.chunked_loss import (
-    ChunkedLinearCrossEntropy,
-    decoder_and_head,
-    head_trainable_token_loss,
-    trainable_token_loss,
-)
+from ..model.chunked_loss import ChunkedLinearCrossEntropy
+from ..model.head_loss import decoder_and_head, head_trainable_token_loss, trainable_token_loss
 
 CHUNKED, INSIDE_HEAD, OWN, LOGITS = "chunked", "inside_head", "own", "logits"
 # The fast loss and the model's own logits agree to float rounding where the head is a plain

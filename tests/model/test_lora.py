@@ -47,7 +47,7 @@ def test_qlora_on_cpu_fails_clearly():
 def test_fast_loss_on_a_lora_model_matches_the_models_own_loss(toy_tokenizer, tmp_path):
     """The trainable-token loss unwraps peft (decoder_and_head) and gives the model's own loss and
     the same adapter gradients; the frozen base gets none."""
-    from sft_recipe.model.chunked_loss import decoder_and_head
+    from sft_recipe.model.head_loss import decoder_and_head
     from sft_recipe.training.trainer import SFTTrainer
     from sft_recipe.training.arguments import to_training_arguments
 

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from sft_recipe.model.chunked_loss import head_trainable_token_loss, trainable_token_loss
+from sft_recipe.model.head_loss import head_trainable_token_loss, trainable_token_loss
 
 
 def chunked_trainable_token_loss(model: nn.Module, inputs: dict[str, torch.Tensor], chunk_size: int):
