@@ -29,11 +29,14 @@ def eval_loss(output_dir) -> float:
     return json.loads((output_dir / "eval_results.json").read_text())["eval_loss"]
 
 
-def test_two_processes_match_one(tmp_path, alpaca_file, bpe_tokenizer_dir):
-    model_config = tiny_model_config(attention_dropout=0.0)
+@pytest.mark.parametrize("tied,accum", [(False, 1), (True, 2)], ids=["untied", "tied-head-accumulated"])
+def test_two_processes_match_one(tmp_path, alpaca_file, bpe_tokenizer_dir, tied, accum):
+    """Tied: the head's gradient is added into `.grad` during the loss's forward and the embedding's
+    part arrives sparse; DDP must still average the whole of it, over accumulated micro-batches too."""
+    model_config = tiny_model_config(attention_dropout=0.0, tie_word_embeddings=tied)
     model_config.pop("vocab_size")
     common = dict(model_config=model_config, max_steps=4, eval_steps=4, save_steps=4, logging_steps=1,
-                  eval_batch_size=4, group_by_length=False, warmup_steps=0)
+                  eval_batch_size=4, group_by_length=False, warmup_steps=0, gradient_accumulation_steps=accum)
 
     one = tmp_path / "one"
     recipe = write_recipe(tmp_path / "one.yaml", base_recipe(
