@@ -37,8 +37,14 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
-        eager = eager and into_grad and ctx.needs_input_grad[1] and scale is not None \
-            and weight.dtype == torch.float32
+        # The scale (~1 / tokens) goes into the gradients here only where their matmuls keep fp32's
+        # exponent range: in fp16 small probabilities x 1e-5 would flush to zero, so there the
+        # gradients are scaled in backward, after the matmuls, as without a scale.
+        device = hidden.device.type
+        fp16 = torch.float16 in (hidden.dtype, weight.dtype) or (
+            torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16)
+        fold = scale if not fp16 else None
+        eager = eager and into_grad and ctx.needs_input_grad[1] and fold is not None and weight.dtype == torch.float32
         # The head gradient accumulates in fp32 (bf16 sums over thousands of tokens lose the small
         # contributions). The first chunk's product creates it, so there is no weight-sized zero
         # fill; a frozen head (LoRA) needs neither the buffer nor the matmul that fills it.
@@ -62,9 +68,9 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             probs = logits.sub_(maxes).exp_()
             sums = probs.sum(dim=-1, keepdim=True)
             loss += (maxes.squeeze(1) + sums.squeeze(1).log() - target_logits).sum()
-            if needs_grad:  # d(loss)/d(logits) = (softmax - one_hot) x scale
-                probs.div_(sums) if scale is None else probs.mul_(scale / sums)
-                probs[torch.arange(len(t), device=t.device), t] -= 1.0 if scale is None else scale
+            if needs_grad:  # d(loss)/d(logits) = (softmax - one_hot) x the folded scale
+                probs.div_(sums) if fold is None else probs.mul_(fold / sums)
+                probs[torch.arange(len(t), device=t.device), t] -= 1.0 if fold is None else fold
                 grad_hidden[start:start + chunk_size] = (probs.to(weight.dtype) @ weight).to(h.dtype)
                 if ctx.needs_input_grad[1]:
                     grad_weight = accumulate_matmul(grad_weight, probs.T, h)
@@ -81,6 +87,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 weight.grad = grad_weight
         ctx.weight_dtype = weight.dtype
         ctx.eager = eager
+        ctx.unfolded = scale if fold is None else None  # a scale the gradients still need
         ctx.into = weight if into_grad and grad_weight is not None and not eager else None
         # Kept on ctx, not with save_for_backward: backward hands each buffer on as the only reference.
         # A saved tensor is still referenced when autograd receives the gradient, so autograd would
@@ -93,7 +100,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor, _grad_correct: torch.Tensor):
         grad_hidden, grad_weight, grad_bias = ctx.gradients
         del ctx.gradients
-        scale = grad_loss.float()
+        scale = grad_loss.float() if ctx.unfolded is None else grad_loss.float() * ctx.unfolded
         # On the CPU a check is free: a gradient of exactly 1 (the normalised loss's own) needs no pass.
         unit = scale.device.type == "cpu" and float(scale) == 1.0
         if ctx.eager and not unit:  # the head's part is already in `.grad`: only 1 keeps it right

@@ -16,12 +16,16 @@ distributed last step, and changes three things:
   a batch size chosen to fit memory still fits;
 - the seed is the recipe's (transformers' always uses 42);
 - on one process, a last step with fewer rows than micro-batches gets one row per micro-batch
-  instead of repeating rows to fill them (a repeated row is trained twice).
+  instead of repeating rows to fill them (a repeated row is trained twice; on several processes
+  every rank needs a micro-batch, so rows repeat there, as accelerate's even batches do).
+`dataloader_drop_last` (which would drop a whole short step here) and batches dispatched or split
+by the main process keep the Trainer's random sampler (`trainer.SFTTrainer._get_train_sampler`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from transformers.trainer_pt_utils import BatchRebalanceSampler
@@ -31,10 +35,10 @@ class StepBalancedSampler(BatchRebalanceSampler):
     """Micro-batches of one process; each `grad_accum` of them is one optimizer step's share."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, grad_accum: int, seed: int,
-                 world_size: int = 1, rank: int = 0, drop_last: bool = False) -> None:
+                 world_size: int = 1, rank: int = 0) -> None:
         super().__init__(lengths=list(lengths), effective_batch_size=batch_size * grad_accum * world_size,
                          dp_size=world_size, grad_accum=grad_accum, shuffle=True, seed=seed, rank=rank,
-                         drop_last=drop_last)
+                         drop_last=False)
 
     def _balance_groups(self, sorted_pairs: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
         """The step's rows, longest first, cut into one group per micro-batch of equal row counts
@@ -72,3 +76,14 @@ class StepBalancedSampler(BatchRebalanceSampler):
         if self._short_tail():
             return self.num_full_batches * self.grad_accum + self.remainder
         return super().__len__()
+
+
+def set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """Set the epoch of the `StepBalancedSampler` under any number of `.batch_sampler` wrappers."""
+    sampler = getattr(loader, "batch_sampler", None)
+    for _ in range(8):
+        if sampler is None or isinstance(sampler, StepBalancedSampler):
+            break
+        sampler = getattr(sampler, "batch_sampler", None)
+    if isinstance(sampler, StepBalancedSampler):
+        sampler.set_epoch(epoch)

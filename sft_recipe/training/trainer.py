@@ -10,8 +10,8 @@ What it overrides, and why:
   Under FSDP or ZeRO-3 the loss is computed inside the head's forward, where the sharding wrapper
   has gathered the head's weight; FSDP2 averages gradients like DDP.
 - `prediction_step`: in a loss-only evaluation, adds each batch's sums to `eval_counts`.
-- `_get_train_sampler`: padded rows get `sampling.StepBalancedSampler` (each optimizer step's
-  random rows, split into micro-batches by length).
+- `_get_train_sampler` and `_run_epoch`: padded rows get `sampling.StepBalancedSampler` (each
+  optimizer step's random rows, split into micro-batches by length), told the epoch directly.
 - `get_batch_samples` and `log`: a running count of trainable tokens, logged as
   `trainable_tokens_seen` for the throughput callback.
 - `evaluation_loop`: eval loss as the mean over every held-out trainable token on all processes
@@ -39,7 +39,7 @@ from ..rundir.checkpoints import saving
 from ..data.mask import IGNORE_INDEX
 from ..errors import UserError, one_line
 from .loss import LOGITS, OWN, EvalCounts, LossPath, router_aux_loss
-from .sampling import StepBalancedSampler
+from .sampling import StepBalancedSampler, set_sampler_epoch
 
 log = logging.getLogger("sft_recipe")
 
@@ -102,17 +102,28 @@ class SFTTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset: Any = None):
         """`batch_rebalance` is ours (`sampling.StepBalancedSampler`): the recipe's seed, lengths from
-        the prepared rows' `length` column, and no row repeated to fill a short last step."""
+        the prepared rows' `length` column, and no row repeated to fill a short last step. Where its
+        steps do not fit (no lengths, `dataloader_drop_last`, batches dispatched or split by the
+        main process), the Trainer's random sampler."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "batch_rebalance":
             return super()._get_train_sampler(train_dataset)
-        if "length" not in (getattr(dataset, "column_names", None) or ()):
-            return RandomSampler(dataset)
         args = self.args
+        accelerator = args.accelerator_config
+        if ("length" not in (getattr(dataset, "column_names", None) or ()) or args.dataloader_drop_last
+                or getattr(accelerator, "dispatch_batches", None) or getattr(accelerator, "split_batches", False)):
+            return RandomSampler(dataset)
         return StepBalancedSampler(
             [int(n) for n in dataset["length"]], self._train_batch_size, args.gradient_accumulation_steps,
             seed=args.data_seed if args.data_seed is not None else args.seed, world_size=max(1, args.world_size),
-            rank=args.process_index if args.world_size > 1 else 0, drop_last=args.dataloader_drop_last)
+            rank=args.process_index if args.world_size > 1 else 0)
+
+    def _run_epoch(self, model, epoch, train_dataloader, *args: Any, **kwargs: Any):
+        """The epoch reaches the step sampler however deep the loader wraps it: on a resume the
+        Trainer wraps it twice (accelerate's shard, then its batch skipping), and its own `set_epoch`
+        stops one level short, which replayed epoch 0's order on a multi-process resume."""
+        set_sampler_epoch(train_dataloader, epoch)
+        return super()._run_epoch(model, epoch, train_dataloader, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
         """Whatever a save raises becomes one line naming the checkpoint (see `checkpoints.saving`)."""
@@ -190,9 +201,11 @@ class SFTTrainer(Trainer):
 
     def _plain_backward(self) -> bool:
         """Whether `training_step` hands the loss to a plain `loss.backward()` unscaled: no fp16 loss
-        scaler, no DeepSpeed engine, no DataParallel mean, no division by accumulation steps."""
+        scaler, no DeepSpeed or Megatron-LM engine, no LOMO optimizer (their own backward), no
+        DataParallel mean, no division by accumulation steps."""
         accelerator = self.accelerator
-        return (accelerator.scaler is None and accelerator.distributed_type != DistributedType.DEEPSPEED
+        return (accelerator.scaler is None and getattr(accelerator, "has_lomo_optimizer", False) is False
+                and accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
                 and self.args.n_gpu <= 1 and accelerator.gradient_accumulation_steps == 1
                 and getattr(self, "loss_is_scaled_for_ga", None) is not False and self.model_accepts_loss_kwargs)
 

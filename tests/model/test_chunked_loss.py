@@ -46,3 +46,22 @@ def test_chunked_cross_entropy_without_trainable_tokens_still_gives_a_head_gradi
     loss.backward()
     assert loss.item() == 0.0
     assert weight.grad is not None and torch.count_nonzero(weight.grad) == 0
+
+
+def test_a_scale_in_fp16_autocast_is_applied_after_the_matmuls():
+    """The loss's normalisation (~1 / tokens) multiplied into the probabilities before fp16 matmuls
+    would flush small ones to zero; under fp16 it is applied in backward: the gradients equal the
+    unscaled loss times the scale, as closely as fp16 allows."""
+    torch.manual_seed(0)
+    h0, w0 = torch.randn(64, 32), torch.randn(4000, 32) * 0.02
+    t, scale = torch.randint(0, 4000, (64,)), torch.tensor(1 / 131072)
+
+    def grads(given: bool):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss, _ = ChunkedLinearCrossEntropy.apply(h, w, None, t, 16, False, scale if given else None)
+        (loss if given else loss * scale).backward()
+        return h.grad, w.grad
+
+    for given, reference in zip(grads(True), grads(False)):
+        torch.testing.assert_close(given, reference, rtol=1e-3, atol=0)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sft_recipe.data.collate import PaddingCollator
 from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.training.arguments import to_training_arguments
-from sft_recipe.training.sampling import StepBalancedSampler
+from sft_recipe.training.sampling import StepBalancedSampler, set_sampler_epoch
 from sft_recipe.training.trainer import SFTTrainer
 from test_trainer import QUIET, VOCAB, tiny_model
 
@@ -104,3 +104,58 @@ def test_the_trainer_uses_it_with_the_recipes_seed(tmp_path):
     assert e0 != e1 and sorted(sum(e1, [])) == list(range(40))
     assert epoch(loader(8), 0) != e0
     assert epoch(loader(7), 0) == e0
+
+
+def test_a_resumed_later_epoch_keeps_its_own_order_on_several_processes():
+    """On a resume the Trainer wraps the loader twice (accelerate's shard for each process, then its
+    batch skipping); the epoch must still reach the sampler, or the rest of epoch 1 replays epoch 0's
+    order (rows trained twice, others never)."""
+    import torch
+    from accelerate import skip_first_batches
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    lengths = [(i * 7) % 23 + 1 for i in range(64)]
+    sampler = StepBalancedSampler(lengths, 2, 4, seed=3, world_size=2, rank=0)
+    loader = prepare_data_loader(DataLoader(list(range(64)), batch_sampler=sampler, collate_fn=list),
+                                 device=torch.device("cpu"), num_processes=2, process_index=0, put_on_device=False)
+    loader.batch_sampler.num_processes, loader.batch_sampler.process_index = 1, 0  # as the Trainer neutralises it
+    set_sampler_epoch(loader, 1)  # what SFTTrainer._run_epoch does before the Trainer skips
+    resumed = list(skip_first_batches(loader, 8))
+    reference = StepBalancedSampler(lengths, 2, 4, seed=3, world_size=2, rank=0)
+    reference.set_epoch(1)
+    assert sampler.epoch == 1 and resumed == list(reference)[8:]
+
+
+def test_the_trainer_tells_the_sampler_its_epoch(tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    trainer = trainer_for(tmp_path, datasets.Dataset.from_list(
+        [{"input_ids": [3] * n, "labels": [3] * n, "length": n} for n in range(2, 20)]))
+    loader = trainer.get_train_dataloader()
+    seen = []
+    monkeypatch.setattr(Trainer, "_run_epoch", lambda self, model, epoch, dl, *a, **k: seen.append(epoch))
+    trainer._run_epoch(trainer.model, 3, loader)
+    sampler = loader.batch_sampler if isinstance(loader.batch_sampler, StepBalancedSampler) \
+        else loader.batch_sampler.batch_sampler
+    assert seen == [3] and sampler.epoch == 3
+
+
+@pytest.mark.parametrize("overrides", [dict(dataloader_drop_last=True),
+                                       dict(accelerator_config={"dispatch_batches": True})],
+                         ids=["drop_last", "dispatched-batches"])
+def test_where_steps_do_not_fit_the_trainers_random_sampler_is_kept(tmp_path, overrides):
+    """`dataloader_drop_last` would drop a whole short step, and dispatched batches are cut by the main
+    process: both keep the Trainer's random sampler."""
+    from torch.utils.data import RandomSampler
+
+    dataset = datasets.Dataset.from_list([{"input_ids": [3] * n, "labels": [3] * n, "length": n} for n in range(2, 9)])
+    trainer = trainer_for(tmp_path, dataset, **overrides)
+    assert isinstance(trainer._get_train_sampler(), RandomSampler)
+
+
+def trainer_for(tmp_path, dataset, **overrides) -> SFTTrainer:
+    config = SFTConfig(dataset="unused.jsonl", model_name="unused", output_dir=str(tmp_path / "out"),
+                       batch_size=2, gradient_accumulation_steps=2, callbacks=[])
+    return SFTTrainer(model=tiny_model("llama", VOCAB), args=to_training_arguments(config, **QUIET, **overrides),
+                      train_dataset=dataset, data_collator=PaddingCollator(pad_token_id=0))
