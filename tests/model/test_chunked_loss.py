@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from sft_recipe.model import chunked_loss
 from sft_recipe.model.chunked_loss import ChunkedLinearCrossEntropy
 
 
@@ -65,3 +66,21 @@ def test_a_scale_in_fp16_autocast_is_applied_after_the_matmuls():
 
     for given, reference in zip(grads(True), grads(False)):
         torch.testing.assert_close(given, reference, rtol=1e-3, atol=0)
+
+
+def test_chunks_are_equal_so_a_short_last_one_costs_no_pass_over_the_head_gradient(monkeypatch):
+    """280 tokens at 256 per chunk: two chunks of 140, not 256 + 24; the loss is the same either way."""
+    widths = []
+    original = chunked_loss.linear_into
+
+    def spy(buffer, h, weight, bias):
+        widths.append(h.shape[0])
+        return original(buffer, h, weight, bias)
+
+    monkeypatch.setattr(chunked_loss, "linear_into", spy)
+    torch.manual_seed(0)
+    hidden, weight, targets = torch.randn(280, 8), torch.randn(50, 8), torch.randint(0, 50, (280,))
+    loss, _ = chunked_loss.ChunkedLinearCrossEntropy.apply(hidden, weight, None, targets, 256)
+    assert widths == [140, 140]
+    reference = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    torch.testing.assert_close(loss, reference)
