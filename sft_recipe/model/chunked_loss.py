@@ -138,14 +138,16 @@ def linear_into(buffer: torch.Tensor | None, h: torch.Tensor, weight: torch.Tens
 
 
 def accumulate_matmul(out: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """out + a @ b in fp32, in place (`out` None: a new fp32 tensor). In fp32 (CPU) `addmm_` writes
-    into `out` with no weight-sized temporary; under GPU autocast the product runs in bf16/fp16
-    like the model's other matmuls (an in-place `addmm_` is not autocast and would fall back to fp32)."""
+    """out + a @ b in fp32, in place (`out` None: a new fp32 tensor). In fp32 `addmm_` writes into
+    `out` with no weight-sized temporary. Under bf16 autocast the product runs in bf16 like the
+    model's other matmuls (bf16 has fp32's range). Under fp16 it runs in fp32: it sums a whole chunk
+    of tokens and carries no loss scale, so an outlier hidden value could overflow fp16 where the
+    loss scaler cannot help (a review reproduced it with one hidden value of 300)."""
     device = a.device.type
-    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != torch.float32:
-        dtype = torch.get_autocast_dtype(device)
-        product = a.to(dtype) @ b.to(dtype)
+    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+        product = a.to(torch.bfloat16) @ b.to(torch.bfloat16)
         return product.float() if out is None else out.add_(product)
-    if out is None:
-        return a.float() @ b.float()
-    return out.addmm_(a, b.to(out.dtype))
+    with torch.autocast(device, enabled=False):
+        if out is None:
+            return a.float() @ b.float()
+        return out.addmm_(a.to(out.dtype), b.to(out.dtype))

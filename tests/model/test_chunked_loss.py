@@ -84,3 +84,29 @@ def test_chunks_are_equal_so_a_short_last_one_costs_no_pass_over_the_head_gradie
     assert widths == [140, 140]
     reference = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
     torch.testing.assert_close(loss, reference)
+
+
+def test_an_outlier_hidden_value_does_not_overflow_the_head_gradient_in_fp16():
+    """Under fp16 autocast the head's gradient sums a chunk's tokens without the loss scale: done in
+    fp16, 256 tokens with a hidden value of 300 overflowed to inf at any loss scale (review); in fp32
+    it equals the model's own cross-entropy gradient."""
+    hidden = torch.randn(256, 16, generator=torch.Generator().manual_seed(0))
+    hidden[:, 0] = 300.0
+    weight = torch.zeros(32, 16)
+    weight[0, 0] = -0.005
+    targets = torch.zeros(256, dtype=torch.long)
+
+    def head_grad(chunked: bool) -> torch.Tensor:
+        w = weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.float16):
+            if chunked:
+                loss, _ = ChunkedLinearCrossEntropy.apply(hidden, w, None, targets, 256, False, torch.tensor(1 / 256))
+            else:
+                logits = torch.nn.functional.linear(hidden, w).float()
+                loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / 256
+        loss.backward()
+        return w.grad
+
+    grad = head_grad(True)
+    assert grad.isfinite().all()
+    torch.testing.assert_close(grad, head_grad(False), rtol=2e-2, atol=1e-3)
