@@ -7,6 +7,8 @@ causal LM (which positions, which weight, where the head's gradient goes).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -53,10 +55,11 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         # fp32 outside autocast: every chunk's logits go into one buffer. A fresh chunk-sized tensor
         # is fresh memory from the system each time (glibc maps blocks this large anew), and faulting
         # its pages in made the logits matmul ~20% slower on the CPU.
-        reuse = hidden.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled(hidden.device.type)
+        reuse = hidden.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled(device)
         # Chunks of equal size, at most `chunk_size`: a short last chunk would still cost a whole pass
         # over the head's gradient for a few tokens (280 tokens as 256 + 24 took 9% longer than one chunk).
-        chunk_size = -(-hidden.shape[0] // max(1, -(-hidden.shape[0] // chunk_size))) if hidden.shape[0] else chunk_size
+        chunks = max(1, math.ceil(hidden.shape[0] / chunk_size))
+        chunk_size = max(1, math.ceil(hidden.shape[0] / chunks))
         buffer = hidden.new_empty((min(chunk_size, hidden.shape[0]), weight.shape[0])) if reuse else None
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size]
@@ -72,8 +75,12 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             sums = probs.sum(dim=-1, keepdim=True)
             loss += (maxes.squeeze(1) + sums.squeeze(1).log() - target_logits).sum()
             if needs_grad:  # d(loss)/d(logits) = (softmax - one_hot) x the folded scale
-                probs.div_(sums) if fold is None else probs.mul_(fold / sums)
-                probs[torch.arange(len(t), device=t.device), t] -= 1.0 if fold is None else fold
+                if fold is None:
+                    probs.div_(sums)
+                    probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                else:
+                    probs.mul_(fold / sums)
+                    probs[torch.arange(len(t), device=t.device), t] -= fold
                 grad_hidden[start:start + chunk_size] = (probs.to(weight.dtype) @ weight).to(h.dtype)
                 if ctx.needs_input_grad[1]:
                     grad_weight = accumulate_matmul(grad_weight, probs.T, h)

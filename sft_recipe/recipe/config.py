@@ -135,7 +135,8 @@ class SFTConfig:
     seed: int = key(42, "Seed for init, shuffling and the split.", OPTIMISATION, "trainer", to=("seed", "data_seed"))
     loss_chunk_size: int | None = key(
         None, "Tokens per LM-head chunk in the trainable-only loss; 0 uses the model's own loss. Default: as many as "
-              "fit 256 MiB of fp32 logits on the CPU (1 GiB on a GPU), at least 128, at most 256 on the CPU.", OPTIMISATION, "model", FREE,
+              "fit 256 MiB of fp32 logits on the CPU (1 GiB on a GPU), at least 128, at most 256 on the CPU.",
+        OPTIMISATION, "model", FREE,
         check=non_negative)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = key(
         "auto", "auto: bf16 on GPUs that support it, else fp32.", OPTIMISATION, "trainer", to=("bf16", "fp16"))

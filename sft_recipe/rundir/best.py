@@ -71,8 +71,9 @@ def checkpoint_weights(trainer, model) -> list[Path] | None:
     checkpoint = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
     # The Trainer leaves `best_model_checkpoint` at an older checkpoint when the best step was not saved.
     if (checkpoint is None or checkpoint.name != f"{CHECKPOINT_PREFIX}{state.best_global_step}"
-            or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled or not isinstance(model, PreTrainedModel) or getattr(model, "peft_config", None)
-            or getattr(model, "hf_quantizer", None) is not None or not trainer.args.load_best_model_at_end):
+            or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled or not isinstance(model, PreTrainedModel)
+            or getattr(model, "peft_config", None) or getattr(model, "hf_quantizer", None) is not None
+            or not trainer.args.load_best_model_at_end):
         return None
     index = checkpoint / SAFE_WEIGHTS_INDEX_NAME
     if index.is_file():

@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 from accelerate.data_loader import prepare_data_loader
+from accelerate.utils import DistributedType
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import Trainer
-from accelerate.utils import DistributedType
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..rundir.layout import CHECKPOINT_PREFIX
