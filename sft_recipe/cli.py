@@ -40,14 +40,17 @@ def list_commands(parser: argparse.ArgumentParser) -> str:
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from .recipe.files import load_recipe
 
-    config = load_recipe(args.recipe, overrides)  # torch is not loaded yet
-    if config.release_host_memory:
-        from .training.host_memory import release_host_memory
+    from .training.host_memory import tune_host_memory
 
-        logging.getLogger("sft_recipe").info("host memory: %s", ", ".join(release_host_memory()) or "left as set")
+    config = load_recipe(args.recipe, overrides)  # torch is not loaded yet
+    applied = tune_host_memory(config.release_host_memory)
+    logging.getLogger("sft_recipe").info("host memory: %s", ", ".join(applied) or "left as set")
     from .commands.train import train
 
-    train(config)  # ends with the summary block (best model, time, paths, next commands)
+    check = None
+    if config.generation_eval_samples:  # `evaluate` (and scipy) cost 25 MiB for the whole run otherwise
+        from .commands.evaluation import generation_check as check
+    train(config, check)  # ends with the summary block (best model, time, paths, next commands)
     return 0
 
 

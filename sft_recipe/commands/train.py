@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .build import build_trainer
@@ -17,7 +18,6 @@ from ..rundir.checkpoints import disk_errors, prepare_output_dir
 from ..recipe.config import SFTConfig
 from ..data.chat_template import setup_chat_template
 from ..data.prepare import describe_stats, prepare_data
-from .evaluation import generation_check
 from ..publish.hub import push_best
 from ..rundir.lock import output_dir_lock
 from ..model.load import check_model, load_tokenizer
@@ -32,9 +32,16 @@ from ..training.signals import peers_watched
 log = logging.getLogger("sft_recipe")
 
 
-def train(config: SFTConfig) -> dict[str, Any]:
+GenerationCheck = Callable[..., dict[str, float]]  # `commands.evaluation.generation_check`
+
+
+def train(config: SFTConfig, generation_check: GenerationCheck | None = None) -> dict[str, Any]:
     """Run the recipe; returns the final metrics. Writes `output_dir/best` and prints the summary
-    on the main process."""
+    on the main process. `generation_check` scores generated answers when the recipe asks for
+    `generation_eval_samples`; the command line passes it only then, so that other runs never
+    import `evaluate` (and scipy: 25 MiB of resident memory for the whole run)."""
+    if config.generation_eval_samples and generation_check is None:
+        raise ValueError("generation_eval_samples needs train(config, commands.evaluation.generation_check)")
     started = time.perf_counter()
     preflight(config)  # every name the recipe gives, before any data is prepared
     # 1. setup: arguments first (they check `training_args` and initialise the distributed state),
@@ -42,10 +49,10 @@ def train(config: SFTConfig) -> dict[str, Any]:
     args = to_training_arguments(config)
     writable_dir(config.output_dir, "output_dir")
     with output_dir_lock(config.output_dir, main_process=args.process_index == 0), peers_watched(config.output_dir):
-        return run(config, args, started)
+        return run(config, args, started, generation_check)
 
 
-def run(config: SFTConfig, args, started: float) -> dict[str, Any]:
+def run(config: SFTConfig, args, started: float, generation_check: GenerationCheck | None) -> dict[str, Any]:
     """`train` once the output_dir is ours: resume rules, checks, data, training, best/."""
     resume_from = prepare_output_dir(config, args)
     finished = check_resume(config, resume_from)
@@ -64,15 +71,14 @@ def run(config: SFTConfig, args, started: float) -> dict[str, Any]:
     trainer, stop = build_trainer(config, args, tokenizer, data, new_token_ids)
 
     # 4. train (resuming if a complete checkpoint exists), then evaluate the best model
-    before = generation_check(config, trainer, tokenizer, data, "untrained") if config.generation_eval_samples \
-        else None
+    before = generation_check(config, trainer, tokenizer, data, "untrained") if generation_check else None
     if config.streaming and resume_from is not None:
         restore_stream(data.train, resume_from, args)  # continue the stream where the checkpoint left it
     with disk_errors(config), stop.handling_signals():
         result = trainer.train(resume_from_checkpoint=resume_from)
     stop.raise_if_stopped(config.output_dir)
     metrics = best_model_metrics(trainer)
-    if config.generation_eval_samples:
+    if generation_check:
         generated = generation_check(config, trainer, tokenizer, data, "trained", before)
         trainer.log(generated)  # to wandb / tensorboard as eval/exact_match, eval/rouge_l
         metrics.update(generated)

@@ -1,4 +1,4 @@
-"""`release_host_memory: true`: freed tensor memory goes back to the system at once (Linux, glibc).
+"""How `train` sets up the C library's allocator for tensors (Linux, glibc); the user's settings win.
 
 PyTorch has no caching allocator on the CPU: every tensor comes from `malloc` and goes back with
 `free`. glibc serves large requests with their own mappings, but each time such a block is freed it
@@ -6,14 +6,16 @@ raises its mmap threshold to that size (up to 32 MiB), so activation-sized tenso
 the heap, and freed heap memory in the middle of it stays resident. Peak RSS then sits well above
 the live tensors.
 
-- A fixed `M_MMAP_THRESHOLD` keeps every block of 128 KiB and up in its own mapping, returned to the
-  system when the tensor dies.
+- A fixed `M_MMAP_THRESHOLD` keeps every block above it in its own mapping, returned to the system
+  when the tensor dies: 1 MiB by default, 128 KiB with `release_host_memory: true`.
 - The price is that each new tensor is fresh memory to fault in; PyTorch's `THP_MEM_ALLOC_ENABLE`
-  backs tensors of 2 MiB and up with transparent huge pages, one fault per 2 MiB instead of 512.
-  It is read while torch loads, so the command line applies this before importing torch.
+  backs tensors of 2 MiB and up with transparent huge pages, one fault per 2 MiB instead of 512,
+  and fewer TLB misses in the matmuls that read them. It is read while torch loads, so the command
+  line applies this before importing torch.
 
-It is a trade, not a free win, hence off by default: lower peak RSS for more time, and small models
-with many small tensors pay the most (`benchmarks/README.md` has the measurements). Anything the user set (`MALLOC_*`,
+Measured (`benchmarks/README.md`): at 1 MiB with huge pages, training is as fast as with glibc's
+moving threshold or faster, at a lower peak; at 128 KiB the peak is lower still, but small models,
+whose tensors are mostly under 1 MiB, pay for every fault. Anything the user set (`MALLOC_*`,
 `GLIBC_TUNABLES` malloc tunables, `THP_MEM_ALLOC_ENABLE`) is left as it is.
 """
 
@@ -25,10 +27,11 @@ import sys
 from collections.abc import MutableMapping
 
 M_MMAP_THRESHOLD = -3  # <malloc.h>
-MMAP_THRESHOLD_BYTES = 128 * 1024
+MMAP_THRESHOLD_BYTES = 1 << 20  # default
+RELEASE_THRESHOLD_BYTES = 128 << 10  # release_host_memory: true
 
 
-def release_host_memory(environ: MutableMapping[str, str] = os.environ) -> list[str]:
+def tune_host_memory(release: bool = False, environ: MutableMapping[str, str] = os.environ) -> list[str]:
     """Apply the settings this process can still take; return what was applied, for the log."""
     if not sys.platform.startswith("linux"):
         return []
@@ -38,9 +41,10 @@ def release_host_memory(environ: MutableMapping[str, str] = os.environ) -> list[
         environ["THP_MEM_ALLOC_ENABLE"] = "1"
         applied.append("THP_MEM_ALLOC_ENABLE=1")
     user_tuned = any(k.startswith("MALLOC_") for k in environ) or "glibc.malloc" in environ.get("GLIBC_TUNABLES", "")
+    threshold = RELEASE_THRESHOLD_BYTES if release else MMAP_THRESHOLD_BYTES
     libc = glibc()
-    if libc is not None and not user_tuned and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1:
-        applied.append(f"M_MMAP_THRESHOLD={MMAP_THRESHOLD_BYTES}")
+    if libc is not None and not user_tuned and libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1:
+        applied.append(f"M_MMAP_THRESHOLD={threshold}")
     return applied
 
 

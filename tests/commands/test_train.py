@@ -1,10 +1,12 @@
 """End-to-end `train()` on a mixture: per-source counts in the data line, per-source eval losses
-whose token-weighted mean is the overall eval loss, `packing: bfd`."""
+whose token-weighted mean is the overall eval loss, `packing: bfd`; what a run imports."""
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 from conftest import alpaca_rows, tiny_model_config, write_jsonl
@@ -44,3 +46,18 @@ def test_mixture_trains_with_bfd_and_reports_every_source(tmp_path, bpe_tokenize
     weighted = sum(parts[n] * tokens[n] for n in parts) / sum(tokens.values())
     assert metrics["eval_loss"] == pytest.approx(weighted, rel=1e-6)
     assert (tmp_path / "out" / "best" / "model.safetensors").is_file()
+
+
+def test_a_run_without_generation_metrics_does_not_import_evaluate():
+    """`evaluate` pulls in scipy.stats (25 MiB resident for the whole run): the training path must
+    not import it; the command line hands `generation_check` over only when the recipe asks."""
+    code = "import sys, sft_recipe.cli, sft_recipe.commands.train; print('evaluate' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "False"
+
+
+def test_generation_metrics_without_the_check_are_refused(tmp_path):
+    config = build_config(dict(model_name=str(tmp_path / "m"), dataset=str(tmp_path / "d.jsonl"),
+                               output_dir=str(tmp_path / "out"), generation_eval_samples=2), "test")
+    with pytest.raises(ValueError, match="generation_check"):
+        train(config)
