@@ -11,8 +11,10 @@ accumulation, learning-rate schedule and number of optimizer steps:
 2. `trainer`: a plain `transformers.Trainer` with `DataCollatorForSeq2Seq` (dynamic padding);
 3. `sft_recipe`: this project through its real command line (`sft_recipe.cli.main`), defaults
    unchanged, except the step count and an evaluation schedule that never fires mid-run;
-4. `sft_recipe_lowmem`: the same plus the two memory switches, `gradient_checkpointing: true`
-   and `release_host_memory: true` (each a trade of time for memory, off by default on the CPU).
+4. `sft_recipe_tiled`: the same plus `mlp_tile_tokens: 256` (each decoder MLP runs over tiles of 256
+   tokens, recomputed in backward: one more MLP forward for a tile's activations instead of the batch's);
+5. `sft_recipe_lowmem`: tiles plus `gradient_checkpointing: true` (both trade time for memory, off
+   by default on the CPU).
 
 Rows are `--rows` training rows plus a few held-out rows; every contender trains on the same
 `--rows` (the split is the recipe's seeded split) for exactly one epoch:
@@ -47,8 +49,9 @@ SHAPES = {
                               tie_word_embeddings=True, max_position_embeddings=4096),
 }
 MODEL = SHAPES["gpt2"]
-CONTENDERS = ("naive", "trainer", "trl", "sft_recipe", "sft_recipe_lowmem")
-LOW_MEMORY = dict(gradient_checkpointing=True, release_host_memory=True)
+CONTENDERS = ("naive", "trainer", "trl", "sft_recipe", "sft_recipe_tiled", "sft_recipe_lowmem")
+TILED = dict(mlp_tile_tokens=256)
+LOW_MEMORY = dict(gradient_checkpointing=True, mlp_tile_tokens=256)
 
 
 # --- shared by the baselines: the same rows, tokenized the plain way ----------------------
@@ -266,6 +269,7 @@ def result(seconds: float, rows: int, trainable: int, loss: float) -> dict:
 def child(args) -> None:
     """Run one contender in this process and write its numbers to `args.out`."""
     runner = {"naive": run_naive, "trainer": run_trainer, "trl": run_trl, "sft_recipe": run_sft_recipe,
+              "sft_recipe_tiled": functools.partial(run_sft_recipe, **TILED),
               "sft_recipe_lowmem": functools.partial(run_sft_recipe, **LOW_MEMORY)}[args.child]
     Path(args.out).write_text(json.dumps(runner(args)))
 
@@ -304,7 +308,7 @@ def report(results: dict[str, dict]) -> str:
         lines.append(f"{name:<17} {r['rows'] / r['train_seconds']:>7.2f} "
                      f"{r['trainable_tokens'] / r['train_seconds']:>11.0f} {r['train_seconds']:>7.1f} "
                      f"{r['wall_seconds']:>7.1f} {r['cpu_seconds']:>7.1f} {r['peak_rss_mib']:>12.0f} {gpu:>8} {r['loss']:>6.3f}")
-    for name in ("sft_recipe", "sft_recipe_lowmem"):
+    for name in ("sft_recipe", "sft_recipe_tiled", "sft_recipe_lowmem"):
         ours = results.get(name)
         if not ours:
             continue
@@ -330,7 +334,7 @@ def parse_args(argv=None):
                         help="Rows held out (the recipe evaluates them at the end to pick best/; the baselines do not).")
     parser.add_argument("--batch", type=int, default=4, help="Rows per micro-batch.")
     parser.add_argument("--accum", type=int, default=4, help="Micro-batches per optimizer step.")
-    parser.add_argument("--only", nargs="+", choices=CONTENDERS, default=["naive", "trainer", "sft_recipe", "sft_recipe_lowmem"],
+    parser.add_argument("--only", nargs="+", choices=CONTENDERS, default=["naive", "trainer", "sft_recipe", "sft_recipe_tiled"],
                         help="Contenders to run (trl needs `pip install trl`).")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="gpt2", help="Model shape (see SHAPES).")
     parser.add_argument("--join", type=int, default=1, help="Answers joined per row (long rows).")

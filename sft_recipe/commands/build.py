@@ -18,6 +18,7 @@ from ..data.prepare import PreparedData, eval_rows_and_parts, sample_train_rows
 from ..model.lora import wrap_lora
 from ..model.architecture import check_packing
 from ..model.load import load_model
+from ..model.tiled_mlp import tile_mlps
 from ..training.signals import StopOnSignal
 from ..rundir.stream_state import StreamStateCallback
 from ..training.trainer import SFTTrainer
@@ -61,6 +62,8 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
     if config.lora is not None:
         model = wrap_lora(model, config.lora)
     checkpointing_supported(model, args)
+    if config.mlp_tile_tokens:
+        tile_mlps(model, config.mlp_tile_tokens)
     args.ddp_find_unused_parameters = has_experts(model)  # an expert may get no token in a step
     # Evaluation rows, and for the train/valid loss (train_sample_loss) as many fixed training rows
     eval_rows, eval_parts = eval_rows_and_parts(data, config.max_eval_samples, config.seed)

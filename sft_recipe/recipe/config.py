@@ -151,9 +151,14 @@ class SFTConfig:
              "machines); a lost machine ends the run within it (at once on the CPU's gloo). Raise it if the main "
              "process tokenizes longer than this while the others wait.", OPTIMISATION, "trainer", FREE,
         to=("ddp_timeout",), check=positive)
+    mlp_tile_tokens: int = key(
+        0, "Run each decoder MLP over tiles of N tokens, recomputing a tile in backward: the MLP's activations of one "
+           "tile instead of the whole batch, for one more MLP forward (most useful with gradient_checkpointing and "
+           "long rows). 0: off.", OPTIMISATION, "model", FREE, check=non_negative)
     release_host_memory: bool = key(
-        False, "Linux: hand freed tensor memory back to the system at once (lower peak RSS on the CPU, slower: see "
-               "benchmarks/README.md).", OPTIMISATION, "run", FREE)
+        False, "Linux: hand every freed tensor from 128 KiB up back to the system at once (the default does it from "
+               "1 MiB up, with huge pages): lower peak RSS on the CPU, slower for small models (benchmarks/README.md).",
+        OPTIMISATION, "run", FREE)
 
     # --- evaluation, logging, saving -----------------------------------------------------
     logging_steps: int = key(10, "Log every N optimizer steps.", EVALUATION, "trainer", FREE, to=("logging_steps",),
