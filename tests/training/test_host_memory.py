@@ -50,22 +50,28 @@ def kept_mib(mode: str, size: int) -> int:
     return int(out.stdout.split()[-1])
 
 
+def probe_mib(size: int) -> int:
+    """MiB the probe's 64 growing transients of `size` floats come to."""
+    return 64 * size * 4 // 2**20
+
+
 @linux_glibc
 @pytest.mark.parametrize("mode, size", [("default", 2**18), ("release", 2**15)])  # 1 MiB, 128 KiB tensors
 def test_freed_tensor_memory_goes_back_to_the_system(mode, size):
     without = kept_mib("untuned", size)
-    if without < 16:
+    if without < probe_mib(size) // 2:
         pytest.skip(f"this C library kept only {without} MiB without the setting: nothing to fix")
-    assert kept_mib(mode, size) < 4, f"the pinned mmap threshold should return every freed {size * 4} B tensor"
+    assert kept_mib(mode, size) < probe_mib(size) // 4, f"the pinned threshold should return freed {size * 4} B tensors"
 
 
 @linux_glibc
 def test_the_default_keeps_small_tensors_on_the_heap():
     """Below 1 MiB, tensors keep coming from the heap by default (no fault per tensor: small models
     pay for faults the most); `release_host_memory` returns them too."""
-    if kept_mib("untuned", 2**15) < 16:
+    half = probe_mib(2**15) // 2
+    if kept_mib("untuned", 2**15) < half:
         pytest.skip("this C library returns them anyway")
-    assert kept_mib("default", 2**15) >= 16 > kept_mib("release", 2**15)
+    assert kept_mib("default", 2**15) >= half > kept_mib("release", 2**15)
 
 
 class FakeLibc:
