@@ -18,7 +18,7 @@ from ..data.prepare import PreparedData, eval_rows_and_parts, sample_train_rows
 from ..model.lora import wrap_lora
 from ..model.architecture import check_packing
 from ..model.load import load_model
-from ..model.tiled_mlp import tile_mlps
+from ..model.feed_forward import fuse_activations, tile_mlps
 from ..training.signals import StopOnSignal
 from ..rundir.stream_state import StreamStateCallback
 from ..training.trainer import SFTTrainer
@@ -62,6 +62,7 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
     if config.lora is not None:
         model = wrap_lora(model, config.lora)
     checkpointing_supported(model, args)
+    fuse_activations(model)
     if config.mlp_tile_tokens:
         tile_mlps(model, config.mlp_tile_tokens)
     args.ddp_find_unused_parameters = has_experts(model)  # an expert may get no token in a step

@@ -1,5 +1,6 @@
-"""mlp_tile_tokens: tiled feed-forward blocks give the model's own loss and gradients, keep only
-their inputs for backward, and nothing that mixes positions or routes tokens is ever tiled."""
+"""Feed-forward blocks. Fused activations: the same function as the model's own, by probe, not by
+name. mlp_tile_tokens: tiled blocks give the model's own loss and gradients, keep only their
+inputs for backward, and nothing that mixes positions or routes tokens is ever tiled."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from sft_recipe.model.tiled_mlp import feed_forward, position_wise, tile_mlps
+from sft_recipe.model.feed_forward import feed_forward, fuse_activations, fused_equivalent, position_wise, tile_mlps
 
 # By kind: grouped-query attention with a gated MLP, GPT-2's Conv1D MLP, fused gate_up (Phi-3),
 # parallel attention and MLP (Falcon), a mixture of experts with a shared expert (Qwen2-MoE).
@@ -144,7 +145,7 @@ def test_evaluation_and_no_grad_run_untiled(monkeypatch):
     mlp = MLP()
     tile_mlps(nn.Sequential(mlp), 2)
     calls = []
-    monkeypatch.setattr("sft_recipe.model.tiled_mlp.checkpoint", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr("sft_recipe.model.feed_forward.checkpoint", lambda *a, **k: calls.append(1))
     with torch.no_grad():
         mlp(torch.randn(1, 9, 8))
     mlp.eval()
@@ -157,3 +158,38 @@ def test_a_deep_copy_tiles_its_own_weights():
     tile_mlps(nn.Sequential(mlp), 2)
     twin = copy.deepcopy(mlp)
     assert twin.forward.__self__ is twin
+
+
+# GPT-2's gelu_new and gelu_fast are tanh GELUs in several operations; gelu_python is the erf GELU
+# written out; quick_gelu (x * sigmoid(1.702 x)) is another function; gelu is torch's kernel already.
+@pytest.mark.parametrize("activation, fused", [("gelu_new", "tanh"), ("gelu_fast", "tanh"), ("gelu_python", "none"),
+                                               ("quick_gelu", None), ("gelu", None), ("relu", None)])
+def test_multi_operation_gelus_become_torchs_kernel_and_nothing_else_does(activation, fused):
+    config = AutoConfig.for_model("gpt2", n_layer=2, n_embd=64, n_head=4, vocab_size=300, resid_pdrop=0.0,
+                                  embd_pdrop=0.0, attn_pdrop=0.0, activation_function=activation)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).train()
+    reference = copy.deepcopy(model)
+    assert fuse_activations(model) == (2 if fused else 0)
+    acts = {type(block.act) for block in (layer.mlp for layer in model.transformer.h)}
+    assert acts == ({nn.GELU} if fused else {type(reference.transformer.h[0].mlp.act)})
+    if fused:
+        assert model.transformer.h[0].mlp.act.approximate == fused
+    ids = torch.randint(0, 300, (2, 33), generator=torch.Generator().manual_seed(1))
+    loss, grads = loss_and_grads(reference, ids)
+    fused_loss, fused_grads = loss_and_grads(model, ids)
+    assert torch.allclose(fused_loss, loss, rtol=1e-6)
+    for name in grads:
+        assert torch.allclose(fused_grads[name], grads[name], rtol=1e-5, atol=1e-6 * float(grads[name].abs().max()))
+    assert model.config.activation_function == activation  # what is saved is the model's own
+
+
+def test_a_gated_silu_mlp_is_left_alone():
+    _, tiled, _ = model_pair("qwen2", tile=16)
+    assert fuse_activations(tiled) == 0
+
+
+def test_only_elementwise_parameter_free_modules_are_candidates():
+    assert fused_equivalent(nn.Dropout(0.5)) is None and fused_equivalent(nn.Identity()) is None
+    assert fused_equivalent(nn.Linear(3, 3)) is None  # has parameters
+    assert fused_equivalent(nn.GELU()) is None  # already the kernel
