@@ -28,6 +28,7 @@ from ..rundir.stream_state import restore_stream
 from ..publish.summary import format_summary
 from ..training.arguments import to_training_arguments
 from ..training.signals import peers_watched
+from ..training.host_memory import release_unused_memory
 
 log = logging.getLogger("sft_recipe")
 
@@ -74,6 +75,7 @@ def run(config: SFTConfig, args, started: float, generation_check: GenerationChe
     before = generation_check(config, trainer, tokenizer, data, "untrained") if generation_check else None
     if config.streaming and resume_from is not None:
         restore_stream(data.train, resume_from, args)  # continue the stream where the checkpoint left it
+    release_unused_memory()
     with disk_errors(config), stop.handling_signals():
         result = trainer.train(resume_from_checkpoint=resume_from)
     stop.raise_if_stopped(config.output_dir)

@@ -26,6 +26,8 @@ import os
 import sys
 from collections.abc import MutableMapping
 
+import pyarrow
+
 M_MMAP_THRESHOLD = -3  # <malloc.h>
 MMAP_THRESHOLD_BYTES = 1 << 20  # default
 RELEASE_THRESHOLD_BYTES = 128 << 10  # release_host_memory: true
@@ -56,3 +58,13 @@ def glibc() -> ctypes.CDLL | None:
     except (OSError, AttributeError):
         return None
     return libc
+
+
+def release_unused_memory() -> None:
+    """Before training: hand back what data preparation freed but its allocators kept (Arrow's
+    memory pool, glibc's heap), so that the training peak does not stand on it (15 MiB measured
+    on 512 Alpaca rows; more on larger datasets). Costs milliseconds, once."""
+    pyarrow.default_memory_pool().release_unused()
+    libc = glibc()
+    if libc is not None and sys.platform.startswith("linux"):
+        libc.malloc_trim(0)

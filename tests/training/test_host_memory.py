@@ -14,6 +14,7 @@ from sft_recipe.training.host_memory import (
     M_MMAP_THRESHOLD,
     MMAP_THRESHOLD_BYTES,
     RELEASE_THRESHOLD_BYTES,
+    release_unused_memory,
     tune_host_memory,
 )
 
@@ -82,6 +83,10 @@ class FakeLibc:
         self.calls.append((param, value))
         return 1
 
+    def malloc_trim(self, pad):
+        self.calls.append(("trim", pad))
+        return 1
+
 
 @pytest.fixture
 def libc(monkeypatch):
@@ -141,3 +146,11 @@ def test_the_command_line_applies_it_before_torch_loads(tmp_path, release):
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert f"torch loaded: False release: {release}" in out.stdout, out.stdout + out.stderr
+
+
+def test_before_training_arrows_pool_and_the_heap_are_handed_back(libc, monkeypatch):
+    released = []
+    pool = type("Pool", (), {"release_unused": lambda self: released.append(True)})()
+    monkeypatch.setattr(host_memory.pyarrow, "default_memory_pool", lambda: pool)
+    release_unused_memory()
+    assert released == [True] and libc.calls == [("trim", 0)]
