@@ -43,8 +43,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from .training.host_memory import tune_host_memory
 
     config = load_recipe(args.recipe, overrides)  # torch is not loaded yet
-    applied = tune_host_memory(config.release_host_memory)
-    logging.getLogger("sft_recipe").info("host memory: %s", ", ".join(applied) or "left as set")
+    applied = tune_host_memory(config.release_host_memory)  # the defaults are the README's; said when asked for
+    level = logging.INFO if config.release_host_memory else logging.DEBUG
+    logging.getLogger("sft_recipe").log(level, "host memory: %s", ", ".join(applied) or "left as set")
     from .commands.train import train
 
     check = None
