@@ -61,3 +61,23 @@ def test_generation_metrics_without_the_check_are_refused(tmp_path):
                                output_dir=str(tmp_path / "out"), generation_eval_samples=2), "test")
     with pytest.raises(ValueError, match="generation_check"):
         train(config)
+
+
+def test_mlp_tiles_train_the_same_steps(tmp_path, bpe_tokenizer_dir, caplog):
+    """`mlp_tile_tokens` through the real run: the same losses step by step, and the log says so."""
+    model_config = tiny_model_config()
+    model_config.pop("vocab_size")
+    rows = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows(24))
+    losses = {}
+    for tiles in (0, 8):
+        config = build_config(dict(
+            dataset=str(rows), dataset_format="alpaca", from_scratch=True, model_config=model_config,
+            tokenizer_name=str(bpe_tokenizer_dir), max_length=256, batch_size=4, max_steps=3, eval_steps=3,
+            save_steps=3, logging_steps=1, learning_rate=3e-3, output_dir=str(tmp_path / f"out{tiles}"), seed=0,
+            eval_fraction=0.2, callbacks=[], mlp_tile_tokens=tiles), "test")
+        with caplog.at_level(logging.INFO, logger="sft_recipe"):
+            train(config)
+        log = [json.loads(line) for line in (tmp_path / f"out{tiles}" / "train_log.jsonl").read_text().splitlines()]
+        losses[tiles] = [entry["loss"] for entry in log if "loss" in entry]
+    assert "mlp_tile_tokens: 2 LlamaMLP run in tiles of 8 tokens" in caplog.text
+    assert len(losses[0]) == 3 and losses[8] == pytest.approx(losses[0], rel=1e-5)

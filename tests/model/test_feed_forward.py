@@ -193,3 +193,22 @@ def test_only_elementwise_parameter_free_modules_are_candidates():
     assert fused_equivalent(nn.Dropout(0.5)) is None and fused_equivalent(nn.Identity()) is None
     assert fused_equivalent(nn.Linear(3, 3)) is None  # has parameters
     assert fused_equivalent(nn.GELU()) is None  # already the kernel
+
+
+def test_lora_adapted_mlps_are_tiled_with_the_same_loss_and_gradients():
+    """LoRA wraps each linear layer (`base_layer` plus adapters): still a feed-forward block."""
+    peft = pytest.importorskip("peft")
+    config = AutoConfig.for_model("qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+    torch.manual_seed(0)
+    model = peft.get_peft_model(AutoModelForCausalLM.from_config(config), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False)).train()
+    tiled = copy.deepcopy(model)
+    assert tile_mlps(tiled, 16) == 2
+    ids = torch.randint(0, 300, (3, 37), generator=torch.Generator().manual_seed(1))
+    loss, grads = loss_and_grads(model, ids)
+    tiled_loss, tiled_grads = loss_and_grads(tiled, ids)
+    assert torch.allclose(tiled_loss, loss, rtol=1e-6) and grads.keys() == tiled_grads.keys()
+    assert all("lora_" in name for name in grads)  # only the adapters train
+    for name in grads:
+        assert torch.allclose(tiled_grads[name], grads[name], rtol=1e-4, atol=1e-7), name
