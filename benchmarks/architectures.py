@@ -29,6 +29,7 @@ import signal
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -352,20 +353,14 @@ def _timeout(*_: Any) -> None:
     raise TimeoutError(f"over {TIMEOUT_S}s")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated model types (default: every causal-LM type)")
-    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
-    ns = parser.parse_args()
-    types = sorted(ns.only.split(",") if ns.only else MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+def run_each(only: str | None, check_one: Callable[[str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """`check_one` on every causal-LM type (or the comma-separated `only`), quietly, one thread,
+    each under a timeout; also what `feed_forward.py` runs its checks with."""
+    types = sorted(only.split(",") if only else MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
     logging.getLogger("sft_recipe").setLevel(logging.ERROR)
-    out = Path(tempfile.mkdtemp(prefix="architectures-")) / "out"
-    config = SFTConfig(dataset="unused.jsonl", model_name="unused", output_dir=str(out), callbacks=[])
-    args = to_training_arguments(config, per_device_eval_batch_size=4, report_to="none", disable_tqdm=True,
-                                 eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
     signal.signal(signal.SIGALRM, _timeout)
     results = []
     for i, model_type in enumerate(types):
@@ -373,12 +368,24 @@ def main() -> int:
         signal.alarm(TIMEOUT_S)
         try:  # models print as well as warn: keep it off the report
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                results.append(check(model_type, args))
+                results.append(check_one(model_type))
         except Exception as exc:  # a timeout, or a failure outside the per-check guards
             results.append({"model_type": model_type, "skip": f"aborted: {short(exc)}"})
         finally:
             signal.alarm(0)
-    text = report(results)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated model types (default: every causal-LM type)")
+    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
+    ns = parser.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="architectures-")) / "out"
+    config = SFTConfig(dataset="unused.jsonl", model_name="unused", output_dir=str(out), callbacks=[])
+    args = to_training_arguments(config, per_device_eval_batch_size=4, report_to="none", disable_tqdm=True,
+                                 eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+    text = report(run_each(ns.only, lambda model_type: check(model_type, args)))
     print(text, end="")
     if ns.markdown:
         ns.markdown.write_text(text)

@@ -14,23 +14,23 @@ noise around zero is compared with a thousandth of the largest gradient instead)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import io
-import logging
-import signal
 import sys
-import warnings
 
 import torch
-import transformers
-from architectures import build_tiny, no_cache, random_rows, short, tiny_config, vocab_of
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from architectures import (
+    build_tiny,
+    no_cache,
+    random_rows,
+    run_each,
+    short,
+    tiny_config,
+    vocab_of,
+)
 
 from sft_recipe.model.feed_forward import fuse_activations, tile_mlps
 
 TOLERANCE = 1e-4
-TIMEOUT_S = 60
 
 
 def loss_and_grads(model: torch.nn.Module, ids: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
@@ -101,32 +101,12 @@ def report(results: list[dict], tile: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _timeout(*_: object) -> None:
-    raise TimeoutError(f"over {TIMEOUT_S} s")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated model types (default: every causal-LM type)")
     parser.add_argument("--tile", type=int, default=4, help="tokens per tile")
     ns = parser.parse_args()
-    types = sorted(ns.only.split(",") if ns.only else MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-    transformers.logging.set_verbosity_error()
-    logging.getLogger("sft_recipe").setLevel(logging.ERROR)
-    signal.signal(signal.SIGALRM, _timeout)
-    results = []
-    for i, model_type in enumerate(types):
-        print(f"[{i + 1}/{len(types)}] {model_type}", file=sys.stderr, flush=True)
-        signal.alarm(TIMEOUT_S)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                results.append(check(model_type, ns.tile))
-        except Exception as exc:
-            results.append({"model_type": model_type, "skip": f"aborted: {short(exc)}"})
-        finally:
-            signal.alarm(0)
+    results = run_each(ns.only, lambda model_type: check(model_type, ns.tile))
     print(report(results, ns.tile), end="")
     return 0
 

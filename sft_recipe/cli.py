@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from .commands.train import train
 
     check = None
-    if config.generation_eval_samples:  # `evaluate` (and scipy) cost 25 MiB for the whole run otherwise
+    if config.generation_eval_samples:  # `evaluate` (and scipy.stats) cost 27 MiB for the whole run otherwise
         from .commands.evaluation import generation_check as check
     train(config, check)  # ends with the summary block (best model, time, paths, next commands)
     return 0

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import types
+from collections import Counter
 
 import torch
 from torch import nn
@@ -110,7 +111,7 @@ def input_widths(module: nn.Module) -> list[int]:
 def tile_mlps(model: nn.Module, tile_tokens: int) -> int:
     """Tile every feed-forward block of `model` (outermost ones only); returns how many."""
     verdict: dict[type, bool] = {}
-    tiled: dict[str, int] = {}
+    tiled: Counter[str] = Counter()
     inside: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(prefix) for prefix in inside) or not feed_forward(module):
@@ -122,14 +123,14 @@ def tile_mlps(model: nn.Module, tile_tokens: int) -> int:
             module.sft_tile_tokens = tile_tokens
             module.forward = types.MethodType(tiled_forward, module)
             inside.append(name + ".")
-            tiled[kind.__name__] = tiled.get(kind.__name__, 0) + 1
+            tiled[kind.__name__] += 1
     if tiled:
         blocks = ", ".join(f"{count} {kind}" for kind, count in tiled.items())
         log.info("mlp_tile_tokens: %s run in tiles of %d tokens", blocks, tile_tokens)
     else:
         log.warning("mlp_tile_tokens: %s has no position-wise feed-forward block to tile; it runs as it is",
                     type(model).__name__)
-    return sum(tiled.values())
+    return tiled.total()
 
 
 @torch.no_grad()
@@ -142,24 +143,27 @@ def fused_equivalent(module: nn.Module) -> nn.Module | None:
         y = module(x)
     except Exception:  # noqa: BLE001 - not an elementwise activation
         return None
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+        return None  # not elementwise
     for approximate, fused in FUSED_GELUS.items():
-        if not isinstance(y, torch.Tensor) or y.shape != x.shape or torch.equal(y, fused(x)):
-            return None  # not elementwise, or already this kernel (GELUActivation wraps it)
-        if torch.allclose(y, fused(x), rtol=1e-6, atol=1e-6):
+        reference = fused(x)
+        if torch.equal(y, reference):
+            return None  # already this kernel (GELUActivation wraps it)
+        if torch.allclose(y, reference, rtol=1e-6, atol=1e-6):
             return nn.GELU(approximate=approximate)
     return None
 
 
 def fuse_activations(model: nn.Module) -> int:
     """Replace each feed-forward block's multi-operation GELU by torch's kernel; returns how many."""
-    replaced: dict[str, int] = {}
+    replaced: Counter[str] = Counter()
     for block in [m for m in model.modules() if feed_forward(m)]:
         for name, child in list(block.named_children()):
             fused = None if linear_like(child) else fused_equivalent(child)
             if fused is not None:
                 setattr(block, name, fused)
-                replaced[type(child).__name__] = replaced.get(type(child).__name__, 0) + 1
+                replaced[type(child).__name__] += 1
     if replaced:
         log.info("activations: %s replaced by torch's fused GELU (the same function, one kernel)",
                  ", ".join(f"{count} {kind}" for kind, count in replaced.items()))
-    return sum(replaced.values())
+    return replaced.total()

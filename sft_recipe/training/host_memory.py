@@ -66,5 +66,5 @@ def release_unused_memory() -> None:
     on 512 Alpaca rows; more on larger datasets). Costs milliseconds, once."""
     pyarrow.default_memory_pool().release_unused()
     libc = glibc()
-    if libc is not None and sys.platform.startswith("linux"):
+    if libc is not None:
         libc.malloc_trim(0)
