@@ -1,7 +1,7 @@
 """The package's floor plan: layers that only import downwards, no cycles, short modules.
 
-The layers are the folders of `sft_recipe/`, lowest first (README "Architecture"); a module may
-import its own layer or lower:
+The layers are the folders of `sft_recipe/`, lowest first (docs/development.md, "Architecture"); a
+module may import its own layer or lower:
 0. errors, console;
 1. formats/: each data format an adapter onto one internal form (pure Python over rows);
 2. recipe/: what a recipe says, checked (pure data: no torch);
@@ -50,7 +50,7 @@ def layer_of(module: str) -> int:
     for layer, names in LAYERS.items():
         if top in names:
             return layer
-    raise AssertionError(f"{module} is in no layer: add it to LAYERS (and to the README)")
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS (and to docs/development.md)")
 
 
 def own_imports(path: Path) -> list[tuple[str, bool]]:

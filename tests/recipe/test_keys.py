@@ -1,4 +1,4 @@
-"""Each recipe key is declared once, completely; help, mapping, resume rules and the README follow."""
+"""Each recipe key is declared once, completely; help, mapping, resume rules, docs/recipe-keys.md follow."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sft_recipe.recipe.config import MAPPED_TRAINING_ARGS, SFTConfig
 from sft_recipe.recipe.keys import DESTINATIONS, FIXED_TRAINING_ARGS, RESUME_RULES, SECTIONS, key_table, sections
 from sft_recipe.rundir.resume import EXTENDING, TRAJECTORY_FREE
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+KEY_TABLE_DOC = Path(__file__).resolve().parents[2] / "docs" / "recipe-keys.md"
 TA_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
 
 
@@ -39,9 +39,9 @@ def test_help_sections_hold_every_key_once():
     assert sorted(names) == sorted(f.name for f in dataclasses.fields(SFTConfig))
 
 
-def test_readme_key_table_is_the_generated_one():
-    """Regenerate with `python -m sft_recipe.recipe.config` and paste it between the markers."""
-    text = README.read_text(encoding="utf-8")
+def test_docs_key_table_is_the_generated_one():
+    """Regenerate with `python -m sft_recipe.recipe.config`; paste it between docs/recipe-keys.md's markers."""
+    text = KEY_TABLE_DOC.read_text(encoding="utf-8")
     start, end = "<!-- recipe keys: generated -->\n", "<!-- end of recipe keys -->"
     assert start in text and end in text
     assert text.split(start, 1)[1].split(end, 1)[0].strip() == key_table(SFTConfig).strip()
