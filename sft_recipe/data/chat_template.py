@@ -22,9 +22,9 @@ from typing import Any
 
 import datasets
 import jinja2
-from transformers.utils.chat_template_utils import (
-    _compile_jinja_template,  # the environment templates run in
-)
+# private (checked on transformers 5.25.0): no public call compiles a template without rendering it,
+# in the environment (with its `{% generation %}` tag) that `apply_chat_template` renders it in
+from transformers.utils.chat_template_utils import _compile_jinja_template
 
 from ..recipe.config import SFTConfig
 from ..formats import Form

@@ -75,6 +75,7 @@ def map_fingerprint(dataset, tokenizer, *params: Any) -> str | None:
     tokenizer and the parameters. Passed as `new_fingerprint`, it spares `datasets` from pickling
     the tokenizer inside the map's function to hash it (8 s for a 150k vocabulary, on every run)."""
     tokens = tokenizer_fingerprint(tokenizer)
+    # private (checked on datasets 5.2.0): `datasets` has no public accessor for a dataset's fingerprint
     source = getattr(dataset, "_fingerprint", None)
     if tokens is None or source is None:
         return None

@@ -119,8 +119,10 @@ def sparse_tied_embedding(model: nn.Module, head: nn.Linear) -> Iterator[bool]:
     inner, compiled = model, False
     for _ in range(4):  # DDP's `.module`, torch.compile's `._orig_mod`, peft's base model, in any order
         # A DeepSpeed engine keeps gradients in its own buffers, from its own hooks: left as it is.
+        # private (checked on torch 2.13.0): torch.compile's wrapper has no public "is compiled" test
         compiled |= hasattr(inner, "_orig_mod") or getattr(inner, "_compiled_call_impl", None) is not None \
             or type(inner).__name__ == "DeepSpeedEngine"
+        # private (checked on torch 2.13.0): the compiled wrapper's module; same reason as above
         inner = getattr(inner, "_orig_mod", None) or getattr(inner, "module", None) or \
             (inner.get_base_model() if hasattr(inner, "get_base_model") else inner)
     get = getattr(inner, "get_input_embeddings", None)

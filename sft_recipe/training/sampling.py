@@ -8,8 +8,12 @@ rows by length into micro-batches of `batch_size` rows: less padding and less at
 the same training (GSM8K rows, batch 4 x accumulation 4: 91% of the padded positions are real
 tokens, against 76% in random micro-batches).
 
-It reuses transformers' `BatchRebalanceSampler` for the epochs, the split between processes and a
-distributed last step, and changes three things:
+It is a `BatchRebalanceSampler` (transformers 5.17+) because that class is what the Trainer's
+loader passes as a batch sampler, and it follows its layout (the step's rows from a seeded
+permutation, sorted by length, cut into `world x accumulation` contiguous groups, the costliest
+groups dealt to the first micro-batch of every rank). Its iteration is written here, overriding
+only `__iter__` and `__len__`, because three of its rules do not suit us and changing them meant
+overriding its private methods:
 - micro-batches keep the recipe's `batch_size` rows (transformers moves rows between them to
   balance an estimated cost, which on GSM8K rows made one micro-batch 1,176 padded tokens where
   batch 4 x 256 never exceeds 1,024): a micro-batch is never larger than a random one can be, so
@@ -17,18 +21,22 @@ distributed last step, and changes three things:
 - the seed is the recipe's (transformers' always uses 42);
 - on one process, a last step with fewer rows than micro-batches gets one row per micro-batch
   instead of repeating rows to fill them (a repeated row is trained twice; on several processes
-  every rank needs a micro-batch, so rows repeat there, as accelerate's even batches do).
+  every rank needs a micro-batch, so rows repeat there, as torch's `DistributedSampler` does).
 `dataloader_drop_last` (which would drop a whole short step here) and batches dispatched or split
 by the main process keep the Trainer's random sampler (`trainer.SFTTrainer._get_train_sampler`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from transformers.trainer_pt_utils import BatchRebalanceSampler
+
+# Attention's quadratic share in a micro-batch's cost, which orders the step's groups (as transformers does).
+QUADRATIC_COST = 0.001
 
 
 class StepBalancedSampler(BatchRebalanceSampler):
@@ -37,45 +45,61 @@ class StepBalancedSampler(BatchRebalanceSampler):
     def __init__(self, lengths: Sequence[int], batch_size: int, grad_accum: int, seed: int,
                  world_size: int = 1, rank: int = 0) -> None:
         super().__init__(lengths=list(lengths), effective_batch_size=batch_size * grad_accum * world_size,
-                         dp_size=world_size, grad_accum=grad_accum, shuffle=True, seed=seed, rank=rank,
-                         drop_last=False)
-
-    def _balance_groups(self, sorted_pairs: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-        """The step's rows, longest first, cut into one group per micro-batch of equal row counts
-        (differing by one in a last, smaller step): contiguous groups pad least for equal counts."""
-        groups, start = [], 0
-        base, extra = divmod(len(sorted_pairs), self.dp_size * self.grad_accum)
-        for group in range(self.dp_size * self.grad_accum):
-            size = base + (group < extra)
-            groups.append(sorted_pairs[start:start + size])
-            start += size
-        return groups
-
-    def _short_tail(self) -> bool:
-        """One process, and a last step too small to put a row in every micro-batch."""
-        return self.dp_size == 1 and self.has_tail and self.remainder < self.grad_accum
+                         dp_size=world_size, grad_accum=grad_accum, seed=seed, rank=rank, drop_last=False)
+        self.lengths = list(lengths)
+        self.grad_accum, self.world, self.rank, self.seed = grad_accum, world_size, rank, seed
+        self.step_rows = batch_size * grad_accum * world_size
+        self.groups = grad_accum * world_size  # micro-batches per optimizer step, all ranks
+        self.full_steps, self.remainder = divmod(len(self.lengths), self.step_rows)
 
     def order(self) -> list[int]:
-        """This epoch's random order of all rows (what transformers' sampler draws steps from)."""
+        """This epoch's random order of all rows: the steps are its consecutive slices."""
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
         return torch.randperm(len(self.lengths), generator=generator).tolist()
 
+    def _short_tail(self) -> bool:
+        """One process, and a last step too small to put a row in every micro-batch."""
+        return self.world == 1 and 0 < self.remainder < self.grad_accum
+
     def __iter__(self) -> Iterator[list[int]]:
-        if not self._short_tail():
-            yield from super().__iter__()
-            return
         order = self.order()
-        step = self.effective_batch_size
-        for start in range(0, self.num_full_batches * step, step):
-            yield from self._yield_global_batch(order[start:start + step])
-        for index in order[self.num_full_batches * step:]:
-            yield [index]
+        end = self.full_steps * self.step_rows
+        for start in range(0, end, self.step_rows):
+            yield from self._step(order[start:start + self.step_rows])
+        tail = order[end:]
+        if not tail:
+            return
+        if self._short_tail():
+            yield from ([i] for i in tail)
+            return
+        if len(tail) < self.groups:  # every rank needs a micro-batch: repeat the epoch's first rows
+            pad = self.groups - len(tail)
+            tail = tail + (order * math.ceil(pad / len(order)))[:pad]
+        yield from self._step(tail)
+
+    def _step(self, rows: list[int]) -> Iterator[list[int]]:
+        """This rank's micro-batches of one step: the rows longest first, cut into equal-count
+        contiguous groups (they pad least), the costliest groups first, dealt round by round."""
+        ranked = sorted(rows, key=lambda i: self.lengths[i], reverse=True)  # stable: ties keep the order
+        base, extra = divmod(len(ranked), self.groups)
+        groups, start = [], 0
+        for g in range(self.groups):
+            size = base + (g < extra)
+            groups.append(ranked[start:start + size])
+            start += size
+        by_cost = sorted(groups, key=self._cost, reverse=True)
+        for slot in range(self.grad_accum):
+            yield by_cost[slot * self.world + self.rank]
+
+    def _cost(self, group: list[int]) -> float:
+        longest = self.lengths[group[0]] if group else 0
+        return len(group) * longest * (1 + QUADRATIC_COST * longest)
 
     def __len__(self) -> int:
         if self._short_tail():
-            return self.num_full_batches * self.grad_accum + self.remainder
-        return super().__len__()
+            return self.full_steps * self.grad_accum + self.remainder
+        return (self.full_steps + (self.remainder > 0)) * self.grad_accum
 
 
 def set_sampler_epoch(loader: Any, epoch: int) -> None:

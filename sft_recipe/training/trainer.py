@@ -10,10 +10,11 @@ What it overrides, and why:
   Under FSDP or ZeRO-3 the loss is computed inside the head's forward, where the sharding wrapper
   has gathered the head's weight; FSDP2 averages gradients like DDP.
 - `prediction_step`: in a loss-only evaluation, adds each batch's sums to `eval_counts`.
-- `_get_train_sampler` and `_run_epoch`: padded rows get `sampling.StepBalancedSampler` (each
-  optimizer step's random rows, split into micro-batches by length), told the epoch directly.
+- `_get_train_sampler`: padded rows get `sampling.StepBalancedSampler` (each optimizer step's random
+  rows, split into micro-batches by length); `SamplerEpoch`, a callback, tells it the epoch.
 - `get_batch_samples` and `log`: a running count of trainable tokens, logged as
   `trainable_tokens_seen` for the throughput callback.
+- `_save_checkpoint`, `_load_best_model`, `_issue_warnings_after_load`: see their docstrings.
 - `evaluation_loop`: eval loss as the mean over every held-out trainable token on all processes
   (not the Trainer's average of per-batch means), plus perplexity and next-token accuracy, and the
   same figures for a fixed training sample (`train_sample_*`) and, for a mixture, per source
@@ -31,7 +32,7 @@ import torch
 from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import DistributedType
 from torch.utils.data import DataLoader, RandomSampler
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..rundir.layout import CHECKPOINT_PREFIX
@@ -63,6 +64,17 @@ def probe_window(row: dict[str, Any]) -> dict[str, Any]:
     return {"input_ids": ids[-PROBE_TOKENS:], "labels": labels[-PROBE_TOKENS:]}
 
 
+class SamplerEpoch(TrainerCallback):
+    """The epoch reaches the step sampler however deep the loader wraps it. On a resume the Trainer
+    wraps it twice (accelerate's shard, then its batch skipping) and its own `set_epoch` stopped one
+    level short, which replayed epoch 0's order on a multi-process resume (seen on transformers 5.16;
+    5.17+ reaches one level down). The skipping wrapper shares our sampler object, so setting it on
+    the loader the callbacks are given is enough."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        set_sampler_epoch(train_dataloader, math.floor((state.epoch or 0) + 1e-6))  # a float: 1.0 after epoch 0
+
+
 class SFTTrainer(Trainer):
     """Trainer with the trainable-token loss; `loss_chunk_size=0` keeps the model's own loss."""
 
@@ -75,6 +87,8 @@ class SFTTrainer(Trainer):
         # Count trainable tokens as `labels[:, 1:]`, as both losses here shift: the Trainer decides from
         # the model's `loss_type`, which GPT-2 leaves unset, and would then count one token too many
         # per row of raw text (a loss 1/max_length too low).
+        # Private (checked on transformers 5.25.0): set from the model's `loss_type` in `__init__`, read by
+        # `get_batch_samples`; the public route, `model.loss_type`, would change the model's own loss too.
         self._loss_shifts_labels = True
         self.train_sample = train_sample  # fixed training rows scored at every eval (train_sample_loss)
         # Sharded parameters exist whole only inside their module's forward: compute the loss there.
@@ -89,13 +103,14 @@ class SFTTrainer(Trainer):
         self.eval_counts = EvalCounts()
         self.aux_losses: list[torch.Tensor] = []  # router load-balancing losses since the last log
         self.trainable_tokens_seen: torch.Tensor | int = 0  # all processes, this session; see `log`
+        self.add_callback(SamplerEpoch())
 
     def get_train_dataloader(self):
         """A stream (`data/streaming.py`) is already this process's share, read in order with its position
         tracked: no accelerate sharding or dispatching, no worker processes (whose reads it could not see)."""
         if not isinstance(self.train_dataset, torch.utils.data.IterableDataset):
             return super().get_train_dataloader()
-        loader = DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+        loader = DataLoader(self.train_dataset, batch_size=self.args.train_batch_size, collate_fn=self.data_collator,
                             num_workers=0, pin_memory=self.args.dataloader_pin_memory)
         return prepare_data_loader(loader, self.args.device, num_processes=1, process_index=0, put_on_device=True,
                                    dispatch_batches=False)
@@ -104,7 +119,12 @@ class SFTTrainer(Trainer):
         """`batch_rebalance` is ours (`sampling.StepBalancedSampler`): the recipe's seed, lengths from
         the prepared rows' `length` column, and no row repeated to fill a short last step. Where its
         steps do not fit (no lengths, `dataloader_drop_last`, batches dispatched or split by the
-        main process), the Trainer's random sampler."""
+        main process), the Trainer's random sampler.
+
+        Private hook (checked on transformers 5.25.0): the public `train_sampling_strategy` only picks
+        among transformers' own samplers, and `get_train_dataloader` would mean copying its loader
+        setup (workers, pinning, accelerate's sharding); this method is the Trainer's documented seam
+        for the sampler ("Subclass and override")."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "batch_rebalance":
             return super()._get_train_sampler(train_dataset)
@@ -114,33 +134,37 @@ class SFTTrainer(Trainer):
                 or getattr(accelerator, "dispatch_batches", None) or getattr(accelerator, "split_batches", False)):
             return RandomSampler(dataset)
         return StepBalancedSampler(
-            [int(n) for n in dataset["length"]], self._train_batch_size, args.gradient_accumulation_steps,
+            [int(n) for n in dataset["length"]], self.args.train_batch_size, args.gradient_accumulation_steps,
             seed=args.data_seed if args.data_seed is not None else args.seed, world_size=max(1, args.world_size),
             rank=args.process_index if args.world_size > 1 else 0)
 
-    def _run_epoch(self, model, epoch, train_dataloader, *args: Any, **kwargs: Any):
-        """The epoch reaches the step sampler however deep the loader wraps it: on a resume the
-        Trainer wraps it twice (accelerate's shard, then its batch skipping), and its own `set_epoch`
-        stops one level short, which replayed epoch 0's order on a multi-process resume."""
-        set_sampler_epoch(train_dataloader, epoch)
-        return super()._run_epoch(model, epoch, train_dataloader, *args, **kwargs)
-
     def _save_checkpoint(self, model, trial):
-        """Whatever a save raises becomes one line naming the checkpoint (see `checkpoints.saving`)."""
+        """Whatever a save raises becomes one line naming the checkpoint (see `checkpoints.saving`).
+
+        Private hook (checked on transformers 5.25.0): the public `on_save` callback runs after the save,
+        and `save_model` writes only the weights, not the optimizer, scheduler and RNG files that fail
+        on a full disk; no public hook wraps the whole checkpoint write."""
         checkpoint = Path(self.args.output_dir) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
         with saving(checkpoint, self.recipe if self.recipe is not None else self.args):
             super()._save_checkpoint(model, trial)
 
     def _load_best_model(self) -> None:
         """When the best checkpoint is the last step, the weights in memory are that checkpoint's: reading
-        them back would only cost time and a second copy of the weights in memory."""
+        them back would only cost time and a second copy of the weights in memory.
+
+        Private hook (checked on transformers 5.25.0): the public alternative, `load_best_model_at_end`
+        off and our own reload in `on_train_end`, would duplicate the Trainer's loader for sharded,
+        PEFT and DeepSpeed checkpoints; this override only skips a reload, it never replaces it."""
         if self.state.best_global_step is not None and self.state.best_global_step == self.state.global_step:
             return
         super()._load_best_model()
 
     def _issue_warnings_after_load(self, load_result: Any) -> None:
         """Loading the best checkpoint back: tied weights (the LM head shares the embeddings) are not
-        saved, so they are "missing" by design; warn only about keys that are really missing."""
+        saved, so they are "missing" by design; warn only about keys that are really missing.
+
+        Private hook (checked on transformers 5.25.0): called only from `_load_best_model` and
+        `_load_from_checkpoint`, with no public hook or callback that sees the load result."""
         tied = tied_parameter_names(self.model)
         missing = [k for k in load_result.missing_keys if k not in tied]
         if len(missing) != len(load_result.missing_keys):
@@ -171,7 +195,7 @@ class SFTTrainer(Trainer):
         evaluation rows, one forward pass), else the model's own loss is used; the path is said once."""
         if rows is not None and len(rows) and not is_deepspeed_zero3_enabled():
             batch = self.data_collator([probe_window(rows[i]) for i in range(min(len(rows), 2))])
-            try:
+            try:  # private (checked on transformers 5.25.0): no public call moves a batch as training does
                 self.loss_path.verify(self.model, self._prepare_inputs(batch))
             except Exception as exc:  # before any step: a model that cannot run here says so in one line
                 raise UserError(f"{type(self.model).__name__}: a forward pass on the first evaluation rows failed: "
@@ -214,6 +238,7 @@ class SFTTrainer(Trainer):
         logits on the model's own path; when predictions are wanted, the Trainer's step is used."""
         if not prediction_loss_only:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        # private (checked on transformers 5.25.0): the Trainer's own step calls it; no public equivalent
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss_sum, correct, count = self.loss_path.sums(model, inputs)

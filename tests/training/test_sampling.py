@@ -120,25 +120,28 @@ def test_a_resumed_later_epoch_keeps_its_own_order_on_several_processes():
     loader = prepare_data_loader(DataLoader(list(range(64)), batch_sampler=sampler, collate_fn=list),
                                  device=torch.device("cpu"), num_processes=2, process_index=0, put_on_device=False)
     loader.batch_sampler.num_processes, loader.batch_sampler.process_index = 1, 0  # as the Trainer neutralises it
-    set_sampler_epoch(loader, 1)  # what SFTTrainer._run_epoch does before the Trainer skips
+    set_sampler_epoch(loader, 1)  # what the SamplerEpoch callback does before the Trainer skips
     resumed = list(skip_first_batches(loader, 8))
     reference = StepBalancedSampler(lengths, 2, 4, seed=3, world_size=2, rank=0)
     reference.set_epoch(1)
     assert sampler.epoch == 1 and resumed == list(reference)[8:]
 
 
-def test_the_trainer_tells_the_sampler_its_epoch(tmp_path, monkeypatch):
-    from transformers import Trainer
+def test_the_trainer_tells_the_sampler_its_epoch(tmp_path):
+    """Through the public callback: at the start of epoch 3 (state.epoch is a float, 3.0 or 2.9999...)."""
+    from sft_recipe.training.trainer import SamplerEpoch
 
     trainer = trainer_for(tmp_path, datasets.Dataset.from_list(
         [{"input_ids": [3] * n, "labels": [3] * n, "length": n} for n in range(2, 20)]))
     loader = trainer.get_train_dataloader()
-    seen = []
-    monkeypatch.setattr(Trainer, "_run_epoch", lambda self, model, epoch, dl, *a, **k: seen.append(epoch))
-    trainer._run_epoch(trainer.model, 3, loader)
+    assert any(isinstance(c, SamplerEpoch) for c in trainer.callback_handler.callbacks)
     sampler = loader.batch_sampler if isinstance(loader.batch_sampler, StepBalancedSampler) \
         else loader.batch_sampler.batch_sampler
-    assert seen == [3] and sampler.epoch == 3
+    for epoch in (3.0, 2.9999999999, 3.5):
+        trainer.state.epoch = epoch
+        trainer.callback_handler.train_dataloader = loader
+        trainer.callback_handler.on_epoch_begin(trainer.args, trainer.state, trainer.control)
+        assert sampler.epoch == 3
 
 
 @pytest.mark.parametrize("overrides", [dict(dataloader_drop_last=True),
