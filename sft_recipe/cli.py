@@ -43,7 +43,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from .training.host_memory import tune_host_memory
 
     config = load_recipe(args.recipe, overrides)  # torch is not loaded yet
-    applied = tune_host_memory(config.release_host_memory)  # the defaults are the README's; said when asked for
+    applied = tune_host_memory(config.release_host_memory)  # the defaults are docs/speed-and-memory.md's; said when asked for
     level = logging.INFO if config.release_host_memory else logging.DEBUG
     logging.getLogger("sft_recipe").log(level, "host memory: %s", ", ".join(applied) or "left as set")
     from .commands.train import train
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("launch", help="accelerate launch, with a lost machine ending in one line",
                        description="sft-recipe launch [accelerate launch options] train RECIPE [--key value]: "
                                    "the same options as `accelerate launch` (--config_file, --num_machines, "
-                                   "--machine_rank, --main_process_ip, ...); see README 'Scaling out'.")
+                                   "--machine_rank, --main_process_ip, ...); see docs/scaling.md.")
     p.set_defaults(func=cmd_launch, takes_overrides=True)
 
     p = sub.add_parser("merge", help="fold LoRA adapters into their base model and save a full model")

@@ -93,7 +93,7 @@ def test_no_arguments_lists_the_commands_one_line_each(capsys):
     assert "sft-recipe train recipes/demo.yaml" in out
 
 
-def test_train_help_groups_the_recipe_keys_as_the_readme_does(capsys):
+def test_train_help_groups_the_recipe_keys_as_the_docs_do(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out

@@ -17,7 +17,7 @@ from conftest import alpaca_rows, base_recipe, write_jsonl, write_recipe
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
-LOST_BOUND_SECONDS = 180  # the README's documented bound on the CPU (gloo notices a dead peer at once)
+LOST_BOUND_SECONDS = 180  # the documented bound on the CPU (docs/scaling.md) (gloo notices a dead peer at once)
 
 
 def free_port() -> int:
@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 def machine_command(recipe: Path, machines: int, rank: int, port: int) -> list[str]:
-    """Exactly the README's command, with the test's port."""
+    """Exactly the command in docs/scaling.md, with the test's port."""
     return [sys.executable, "-m", "sft_recipe", "launch", "--multi_gpu", "--num_machines", str(machines),
             "--machine_rank", str(rank), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
             "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -34,7 +34,7 @@ class Format:
     required: tuple[str, ...] = ()  # columns a dataset must have
     string_columns: tuple[str, ...] = ()  # values that must be strings (named in JSON diagnoses)
     nullable: tuple[str, ...] = ()  # of those, the ones that may be null or absent
-    help: str = ""  # one line for `--help` and the README
+    help: str = ""  # one line for `--help` and the format list
 
     def to_form(self, row: dict[str, Any], where: str) -> dict[str, Any]:
         """One raw row (column mapping applied) -> this format's form, or a one-line DataError."""

@@ -3,7 +3,7 @@
 The config is deliberately *not* a `TrainingArguments` subclass: recipes see a few dozen
 documented fields, `to_training_arguments` maps the trainer-related ones explicitly, and the
 rare knobs go through the `training_args` pass-through mapping. Each key is declared once here
-(`keys.key`); `python -m sft_recipe.recipe.config` prints the README's table of them.
+(`keys.key`); `python -m sft_recipe.recipe.config` prints docs/recipe-keys.md's table of them.
 """
 
 from __future__ import annotations
@@ -60,12 +60,12 @@ class SFTConfig:
     # --- data ----------------------------------------------------------------------------
     dataset: str | None = key(None, "Hub id, or a local .json/.jsonl/.csv/.parquet/.txt file or directory.",
                               DATA, "data")
-    dataset_format: str = key(DEFAULT_FORMAT, " | ".join(format_names()) + " (README 'Data formats').", DATA, "data")
+    dataset_format: str = key(DEFAULT_FORMAT, " | ".join(format_names()) + " (docs/data-formats.md).", DATA, "data")
     columns: dict[str, str] | None = key(
         None, "Format column: dataset column, e.g. {instruction: question, output: answer}.", DATA, "data")
     datasets: list[DataSource] | None = key(
         None, "A mixture instead of `dataset`: [{path, format, weight, columns, name, split, config, max_examples}]; "
-              "see README 'Mixtures'.", DATA, "data")
+              "see docs/mixtures-and-streaming.md.", DATA, "data")
     dataset_config: str | None = key(None, "Hub dataset configuration name.", DATA, "data")
     dataset_split: str = key("train", "Split to train on.", DATA, "data")
     eval_fraction: float = key(0.1, "Share of rows (of tokens, for text) held out for evaluation.", DATA, "data",
@@ -87,7 +87,7 @@ class SFTConfig:
                  "writes.", DATA, "data", FREE)
     train_dropped_reasoning: bool = key(
         False, "Train the reasoning of assistant turns the template drops, each such turn as a row of its own "
-               "written as at inference (README 'Chat data').", DATA, "data")
+               "written as at inference (docs/chat-data.md).", DATA, "data")
     train_on: TrainOn = key("all_assistant", "Which assistant turns carry loss: all_assistant | last_assistant.",
                             DATA, "data")
     streaming: bool = key(False, "Stream the data, tokenized on the fly (needs max_steps).", DATA, "data",
@@ -96,7 +96,7 @@ class SFTConfig:
         256, "With streaming: held-out rows (blocks, for text) from the stream's start.", DATA, "data", check=positive)
     cache_prepared_data: bool = key(
         True, "Keep the prepared rows and reuse them when the same recipe runs again on the same files, tokenizer "
-              "and template (README 'Speed and memory').", DATA, "data", FREE)
+              "and template (docs/speed-and-memory.md).", DATA, "data", FREE)
     num_proc: int | None = key(None, "Processes for tokenization; default: all cores for large datasets.",
                                DATA, "data", FREE, check=positive)
 

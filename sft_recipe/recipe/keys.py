@@ -4,7 +4,7 @@ Each `SFTConfig` field is a `key(...)`: its default, help, `--help` section, whe
 model, the data, `TrainingArguments` fields, LoRA, the run around training, or the pass-through
 mapping), whether a resumed run may change it, and an optional value check. From these come the
 `--help` sections (`cli.py`), the `TrainingArguments` mapping's coverage (`training/arguments.py`),
-the resume rules (`rundir/resume.py`) and the README's key table (`key_table`); `tests/recipe/`
+the resume rules (`rundir/resume.py`) and the key table in docs/recipe-keys.md (`key_table`); `tests/recipe/`
 fails when a key lacks any of them.
 
 Pure data: nothing here imports torch or transformers.
@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..errors import RecipeError
 
-# `sft-recipe train --help` and the README group the keys in these sections, in this order.
+# `sft-recipe train --help` and docs/recipe-keys.md group the keys in these sections, in this order.
 MODEL, DATA, BATCHING, OPTIMISATION, EVALUATION, ESCAPE = SECTIONS = (
     "model and tokenizer", "data", "batching", "optimisation", "evaluation, logging, saving", "escape hatch")
 # Where a key's value goes.
@@ -113,7 +113,7 @@ def is_secret_key(key: str) -> bool:
 
 
 def key_table(config_class) -> str:
-    """The README's table of recipe keys (`python -m sft_recipe.recipe.config` prints it)."""
+    """The table of recipe keys in docs/recipe-keys.md (`python -m sft_recipe.recipe.config` prints it)."""
     lines = []
     for title, fields in sections(config_class):
         lines += [f"**{title}**", "", "| key | default | what it does | goes to | on resume |", "|---|---|---|---|---|"]
