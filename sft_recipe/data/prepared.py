@@ -10,6 +10,13 @@ version. A run whose fingerprint matches a directory in the cache (`$SFT_RECIPE_
 `~/.cache/sft_recipe/prepared/`) loads it and says so in one line; any change gives another
 fingerprint. Hub datasets are not cached here (their contents cannot be checked offline; `datasets`
 caches their download and tokenization itself).
+
+A cache entry is disposable: `prepared.json` also lists the size of every file written, checked
+before the rows are used (`load_from_disk` maps the Arrow files into memory, so a file cut short by
+a full disk or a crashed copy would otherwise fail in the middle of training). A damaged cache entry
+is prepared again, with one line; a damaged `preprocess --output` directory is the user's data, so
+it is one line's error. Sizes, not hashes: a check that reads every byte would cost as much as the
+tokenization the cache saves.
 """
 
 from __future__ import annotations
@@ -136,7 +143,8 @@ def save_prepared(data: PreparedData, directory: str | Path, fingerprint: str | 
         data.eval_raw.save_to_disk(str(tmp / "eval_raw"))
     for name, part in (data.eval_parts or {}).items():
         part.save_to_disk(str(tmp / "eval_parts" / name))
-    manifest = {"stats": data.stats, "fingerprint": fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer),
+    files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+    manifest = {"files": files, "stats": data.stats, "fingerprint": fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer),
                 "eval_parts": sorted(data.eval_parts or {}), "version": __version__}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
     if directory.exists() and replace:
@@ -150,9 +158,28 @@ def save_prepared(data: PreparedData, directory: str | Path, fingerprint: str | 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def damage(directory: Path) -> str | None:
+    """What is wrong with a prepared directory's files (missing, or not the size written), or None."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"{MANIFEST} is unreadable ({exc.__class__.__name__})"
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return f"{MANIFEST} lists no file sizes (written by an older sft-recipe)"
+    for name, size in manifest["files"].items():
+        path = directory / name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != size:
+            return f"{name}: {'missing' if actual is None else f'{actual:,} bytes'}, {size:,} written"
+    return None
+
+
 def load_prepared(directory: str | Path, tokenizer, max_length: int | None = None) -> PreparedData:
-    """A prepared directory as the rows to train on; its tokenizer must be the run's."""
+    """A prepared directory as the rows to train on; its tokenizer must be the run's, its files whole."""
     directory = Path(directory)
+    problem = damage(directory)
+    if problem is not None and "older sft-recipe" not in problem:
+        raise DataError(f"{directory}: the prepared rows are damaged ({problem}); run preprocess again")
     manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
     if manifest.get("tokenizer") != tokenizer_fingerprint(tokenizer):
         raise DataError(f"{directory}: these rows were prepared with another tokenizer (or chat template); "
@@ -175,6 +202,11 @@ def cached(config: SFTConfig, tokenizer) -> tuple[PreparedData | None, Path | No
         return None, None
     where = cache_root() / fingerprint[:32]
     if not is_prepared(where):
+        return None, where
+    problem = damage(where)
+    if problem is not None:
+        log.warning("data: the cached rows in %s are damaged (%s); preparing them again", where, problem)
+        shutil.rmtree(where, ignore_errors=True)
         return None, where
     log.info("data: reusing the rows prepared for the same files, tokenizer, template and settings (tokenization "
              "skipped): %s", where)

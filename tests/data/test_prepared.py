@@ -76,3 +76,48 @@ def test_preprocess_output_is_a_dataset(tmp_path, bpe_tokenizer_dir, capsys):
     capsys.readouterr()
     assert main(["train", str(write_recipe(tmp_path / "w.yaml", wrong))]) == 2
     assert "were prepared with another tokenizer" in capsys.readouterr().err
+
+
+def largest_train_file(directory):
+    return max((f for f in (directory / "train").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+
+
+def cut_to_half(path) -> None:
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        handle.truncate(size // 2)
+
+
+def test_a_damaged_cache_entry_is_prepared_again_with_one_line(tmp_path, bpe_tokenizer_dir, tokenizing, caplog,
+                                                                monkeypatch):
+    """The largest cached train file cut to half (a full disk, a crashed copy): the next run says so in
+    one line and prepares again, and its rows equal a fresh preparation's."""
+    monkeypatch.setenv("SFT_RECIPE_CACHE", str(tmp_path / "cache"))
+    data = write_jsonl(tmp_path / "rows.jsonl", alpaca_rows(300))
+    config = SFTConfig(dataset=str(data), model_name="unused", max_length=256, callbacks=[])
+    fresh = prepare_data(config, load_tokenizer(str(bpe_tokenizer_dir)))
+    (entry,) = [p for p in (tmp_path / "cache" / "prepared").iterdir() if not p.name.startswith(".")]
+    cut_to_half(largest_train_file(entry))
+    with caplog.at_level(logging.WARNING, logger="sft_recipe"):
+        again = prepare_data(config, load_tokenizer(str(bpe_tokenizer_dir)))
+    assert len(tokenizing) == 4  # prepared again, not read from the damaged entry
+    (line,) = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert str(entry) in line and "preparing them again" in line and "\n" not in line
+    for split in ("train", "eval"):
+        assert getattr(again, split).to_dict() == getattr(fresh, split).to_dict()
+    third = prepare_data(config, load_tokenizer(str(bpe_tokenizer_dir)))  # the entry was written whole again
+    assert len(tokenizing) == 4 and third.train.to_dict() == fresh.train.to_dict()
+
+
+def test_a_damaged_preprocess_output_is_one_line_not_prepared_again(tmp_path, bpe_tokenizer_dir, capsys):
+    """`preprocess --output` is the user's data, not a cache: one line naming it and the file, exit 2."""
+    data = write_jsonl(tmp_path / "rows.jsonl", alpaca_rows(300))
+    recipe = base_recipe(tmp_path, data, bpe_tokenizer_dir, max_steps=2, eval_steps=2, save_steps=2, callbacks=[])
+    assert main(["preprocess", str(write_recipe(tmp_path / "p.yaml", recipe)), "--output", str(tmp_path / "pre")]) == 0
+    damaged = largest_train_file(tmp_path / "pre")
+    cut_to_half(damaged)
+    capsys.readouterr()
+    trained = dict(recipe, dataset=str(tmp_path / "pre"), output_dir=str(tmp_path / "out"))
+    assert main(["train", str(write_recipe(tmp_path / "t.yaml", trained))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "damaged" in err and damaged.name in err and "Traceback" not in err
