@@ -27,7 +27,8 @@ import datasets  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from sft_recipe.data import chat_rows  # noqa: E402
-from sft_recipe.data.chat_rows import ChatEncoder, tokenize_messages  # noqa: E402
+from sft_recipe.data.chat_rows import ChatEncoder  # noqa: E402
+from sft_recipe.data.encode import encode_rows  # noqa: E402
 from sft_recipe.data.fidelity import FidelityReport  # noqa: E402
 from sft_recipe.recipe.config import SFTConfig  # noqa: E402
 
@@ -90,7 +91,7 @@ def cost(tokenizer_dir: Path, rows: int) -> None:
         datasets.disable_caching()
         start = time.perf_counter()
         report = FidelityReport("gsm8k.jsonl")
-        tokenize_messages(dataset, tokenizer, config, report)
+        encode_rows(dataset, tokenizer, config, report)
         times[name] = time.perf_counter() - start
         print(f"{name}: {times[name]:.1f} s for {rows} rows ({report.rows_lost} rows with losses)")
     chat_rows.lost_pieces = audit

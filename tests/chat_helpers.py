@@ -13,7 +13,7 @@ from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.data.chat_template import TEMPLATE_DIR, setup_chat_template
 from sft_recipe.formats.messages import validate_conversations
 from sft_recipe.data.mask import IGNORE_INDEX
-from sft_recipe.data.chat_rows import tokenize_messages
+from sft_recipe.data.encode import encode_rows
 
 X = IGNORE_INDEX
 START, END, USER, ASSISTANT, SYSTEM = 26, 27, 23, 24, 25
@@ -40,7 +40,7 @@ def tokenize(conversations: list[list[dict]], tokenizer=None, **overrides):
     cfg = config(**overrides)
     tokenizer = tokenizer or chat_tokenizer(cfg)
     dataset = validate_conversations(datasets.Dataset.from_dict({"messages": conversations}), "chats.jsonl")
-    return tokenize_messages(dataset, tokenizer, cfg)
+    return encode_rows(dataset, tokenizer, cfg)
 
 
 def turn(role: str, content: str) -> dict:
@@ -100,3 +100,13 @@ def trainable_spans(row) -> list[list[int]]:
             spans.append([])
         spans[-1].append(token)
     return spans
+
+
+def encode_conversation(tokenizer, messages, *, tools=None, train_on: str = "all_assistant",
+                        chat_template_kwargs=None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for one conversation, as the encoder makes them before fitting to max_length."""
+    from sft_recipe.data.chat_turns import locate_turns, tokenize_turns
+
+    whole, turns = locate_turns(tokenizer, messages, tools=tools, train_on=train_on,
+                                chat_template_kwargs=chat_template_kwargs)
+    return tokenize_turns(tokenizer, whole, turns, messages)

@@ -17,7 +17,7 @@ from .build import build_eval_trainer
 from ..recipe.config import SFTConfig
 from ..data.chat_template import last_turn_prompts
 from ..data.prepare import PreparedData, describe_stats, prepare_data
-from ..formats.alpaca import short_prompt
+from ..formats import get_format
 from ..model.generate import generate_answers
 from .metrics import normalise_answer, score_generations
 from ..model.load import load_for_inference
@@ -63,7 +63,7 @@ def generation_check(config: SFTConfig, trainer, tokenizer, data: PreparedData, 
     scores = score_generations(answers, rows["completion"])
     if trainer.is_world_process_zero():
         if label == "trained":
-            shown = rows["shown"] if "shown" in rows.column_names else [short_prompt(p) for p in rows["prompt"]]
+            shown = rows["shown"] if "shown" in rows.column_names else [get_format(config.dataset_format).shown(p) for p in rows["prompt"]]
             for question, answer, ref in list(zip(shown, answers, rows["completion"]))[:4]:
                 mark = "ok " if normalise_answer(answer) == normalise_answer(ref) else "BAD"
                 print(f"  [{mark}] {question!r} -> {answer!r}")

@@ -10,18 +10,15 @@
   the answer as the template writes a final turn, or, where even that drops it, inside the
   tokenizer's own `<think>`/`</think>` tokens. That turn is then not trained again in the whole
   conversation. A template and tokenizer with no way to write reasoning is an error.
-Tokenization is batched (`datasets.map`); a conversation may give several rows.
+A conversation may give several rows; `encode.py` runs this over a dataset or a stream.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from collections import Counter
 from typing import Any
 
-import datasets
 
 from ..errors import DataError, RecipeError
 from ..formats.conversation import normalise_messages
@@ -36,11 +33,8 @@ from .chat_template import (
     template_source,
 )
 from .chat_turns import Turn, locate_turns, tokenize_turns
-from .fidelity import FidelityReport, encode_lost, lost_pieces, squeeze
-from .prepared import map_fingerprint
-from .mask import DROP_EMPTY, DROP_TOO_LONG, DROP_UNANSWERED, Example, fit_turns
-from .stats import TokenStats
-from .tokenization import resolve_num_proc
+from .fidelity import encode_lost, lost_pieces, squeeze
+from .mask import DROP_EMPTY, DROP_UNANSWERED, Example, fit_turns
 
 log = logging.getLogger("sft_recipe")
 _NOTED: set[str] = set()  # template notes already said in this process
@@ -82,8 +76,8 @@ def with_text_arguments(messages: list[dict]) -> list[dict]:
 
 
 class ChatEncoder:
-    """`(messages, tools, row) -> (examples, drop reason, what was lost)`, as `tokenize_messages` and
-    streaming both encode a conversation. Checks the template once, up front."""
+    """`(messages, tools, row) -> (examples, drop reason, what was lost)`: one conversation, for
+    `encode.RowEncoder`. Checks the template once, up front."""
 
     def __init__(self, tokenizer, config: SFTConfig) -> None:
         require_template(tokenizer, config)
@@ -151,57 +145,3 @@ class ChatEncoder:
         whole = (f"{prompt}{opening}{reasoning.strip()}\n{tags[1]}\n\n{(messages[i].get('content') or '').strip()}"
                  f"{self.markers[0]}")
         return tokenize_turns(self.tokenizer, whole, [Turn(i, len(prompt), len(whole), True)], messages[:i + 1])
-
-
-def tokenize_messages(dataset, tokenizer, config: SFTConfig, report: FidelityReport | None = None):
-    """Conversations -> masked training rows plus counts (batched map; rules in mask.py, turn
-    location in chat_turns.py). Errors name the source row (`source_row`, set by validation);
-    what the template loses is added to `report`."""
-    encode_one = ChatEncoder(tokenizer, config)
-    has_tools = "tools" in dataset.column_names
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {k: [] for k in ("input_ids", "labels", "length", "truncated", "trainable", "drop",
-                                                "lost", "row")}
-        tools_column = batch["tools"] if has_tools else [None] * len(batch["messages"])
-        for messages, tools, row in zip(batch["messages"], tools_column, batch["source_row"]):
-            examples, reason, lost = encode_one(messages, tools, row)
-            for n, e in enumerate(examples or [Example([], [], False)]):  # a dropped row leaves its reason
-                out["input_ids"].append(e.input_ids)
-                out["labels"].append(e.labels)
-                out["length"].append(len(e.input_ids))
-                out["truncated"].append(e.truncated)
-                out["trainable"].append(e.num_trainable)
-                out["drop"].append(reason if not examples else "")
-                out["lost"].append(lost if n == 0 else "")
-                out["row"].append(row if n == 0 else 0)
-        return out
-
-    int_list = datasets.List(datasets.Value("int64"))
-    features = datasets.Features({"input_ids": int_list, "labels": int_list, "length": datasets.Value("int64"),
-                                  "truncated": datasets.Value("bool"), "trainable": datasets.Value("int64"),
-                                  "drop": datasets.Value("string"), "lost": datasets.Value("string"),
-                                  "row": datasets.Value("int64")})
-    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("goes") == "data"}
-    tokenized = dataset.map(encode, batched=True, remove_columns=dataset.column_names, features=features,
-                            num_proc=resolve_num_proc(config.num_proc, len(dataset)), desc="Tokenizing",
-                            new_fingerprint=map_fingerprint(dataset, tokenizer, "messages", settings))
-    if report is not None:
-        for lost, row in zip(tokenized["lost"], tokenized["row"]):
-            if row:
-                report.add(row, lost)
-    reasons = Counter(tokenized["drop"])
-    kept = tokenized.filter(lambda drop: [d == "" for d in drop], input_columns="drop", batched=True)
-    kept = kept.remove_columns(["drop", "lost", "row"])
-    stats = TokenStats(
-        rows=len(dataset), kept=len(kept), truncated=int(sum(kept["truncated"])),
-        dropped_empty=reasons[DROP_EMPTY], dropped_too_long=reasons[DROP_TOO_LONG],
-        dropped_other=reasons[DROP_UNANSWERED], tokens=int(sum(kept["length"])),
-        trainable_tokens=int(sum(kept["trainable"])),
-    )
-    if reasons[DROP_UNANSWERED]:
-        log.warning("dropped %d conversations that do not end on an assistant turn (no answer to learn)",
-                    reasons[DROP_UNANSWERED])
-    if reasons[DROP_EMPTY]:
-        log.warning("dropped %d conversations whose assistant turns are all empty", reasons[DROP_EMPTY])
-    return kept, stats

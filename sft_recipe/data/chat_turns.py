@@ -196,14 +196,6 @@ def _search_turn(whole: str, message: dict, i: int, pos: int, prompt: str, histo
     return (after if after > pos else at), at + len(key)
 
 
-def encode_conversation(tokenizer, messages: Any, *, tools: Any = None, train_on: str = "all_assistant",
-                        chat_template_kwargs: Mapping | None = None) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) for one conversation; labels are IGNORE_INDEX except on trained spans."""
-    whole, turns = locate_turns(tokenizer, messages, tools=tools, train_on=train_on,
-                                chat_template_kwargs=chat_template_kwargs)
-    return tokenize_turns(tokenizer, whole, turns, messages)
-
-
 def tokenize_turns(tokenizer, whole: str, turns: Sequence[Turn], messages: Sequence[dict]) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of a rendering; special-token spellings inside the messages stay text."""
     literal = literal_spans(whole, message_texts(messages), special_pattern(tokenizer))

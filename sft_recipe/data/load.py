@@ -1,7 +1,14 @@
-"""Raw data in: a hub dataset, a local file or a directory, through `datasets.load_dataset`.
+"""Raw data in, one way for both kinds of dataset: a hub id, a local file or a directory, through
+`datasets.load_dataset`, as a `Dataset` in memory or an `IterableDataset` with `streaming: true`.
 
-Malformed files get a precise one-line `DataError` (file, line, key) instead of the library's
-long message: JSON files are re-read to find the culprit when `datasets` rejects them.
+- **Files:** `.txt`, `.jsonl`, `.json`, `.csv`, `.parquet`, optionally compressed (`.gz`, `.bz2`,
+  `.xz`, `.zst`, `.lz4`). Text is read line by line with its line breaks kept, in memory and streamed.
+- **Directories:** every data file of one type (a mix would be loaded partly: refused), hidden files
+  and README/LICENSE ignored, files in name order; files named after splits (`train.jsonl`,
+  `test.jsonl`) are those splits (`dataset_split`), as on the hub.
+- **Checks:** in memory, before `datasets` reads them, each file is checked (empty, not UTF-8, JSON
+  lines that are not objects) and a file `datasets` rejects is re-read to name the line and key. A
+  stream cannot be checked up front: a bad row stops the run with one line when it is reached.
 """
 
 from __future__ import annotations
@@ -21,52 +28,92 @@ from ..formats import get_format
 from .builtin import is_builtin, materialise_dataset
 
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+# Compression `datasets` decompresses on the fly (fsspec), and the module each needs beyond the standard library.
+COMPRESSIONS = {".gz": None, ".bz2": None, ".xz": None, ".zst": "zstandard", ".lz4": "lz4"}
+SUPPORTED = f"{', '.join(sorted(LOCAL_BUILDERS))}, optionally compressed: {', '.join(COMPRESSIONS)}"
 
 
-def load_source(source: str, config: SFTConfig):
-    """`load_dataset` on a local file/directory or a hub id; malformed files get a precise error."""
+def builder_of(path: Path) -> str | None:
+    """`datasets` builder of a data file, looking through one compression suffix (`a.jsonl.gz` -> json)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    return LOCAL_BUILDERS.get(suffixes[-1]) if suffixes else None
+
+
+def is_one_text(source: str) -> bool:
+    """A single text file (`.txt`, compressed or not) is one running text: its lines are not
+    documents, so no EOS goes between them. Every other source's rows are documents, EOS after each."""
+    if is_builtin(source):
+        return False
+    path = Path(source).expanduser()
+    return not path.is_dir() and builder_of(path) == "text"
+
+
+def load_source(source: str, config: SFTConfig, streaming: bool = False):
+    """`load_dataset` on a local file or directory, or a hub id; malformed files get a precise error."""
     if is_builtin(source):
         source = str(materialise_dataset(source))
     path = Path(source).expanduser()
-    looks_local = path.suffix.lower() in LOCAL_BUILDERS or source.startswith((".", "/", "~"))
-    if looks_local and not path.exists():
-        raise DataError(f"{source}: dataset file not found")
-    files = data_files(path) if path.is_dir() else [path] if path.is_file() else []
-    for file in files:
-        check_text_file(file)
+    if not path.exists():
+        if builder_of(path) or source.startswith((".", "/", "~")):
+            raise DataError(f"{source}: dataset file not found")
+        return load_or_explain(source, [], config, streaming, name=config.dataset_config, split=config.dataset_split)
+    files = source_files(path)
+    if not streaming:
+        for file in files:
+            check_text_file(file)
+    kwargs: dict[str, Any] = {"keep_linebreaks": True} if builder_of(files[0]) == "text" else {}
+    if path.is_dir():
+        return load_or_explain(str(path), files, config, streaming, split=config.dataset_split, **kwargs)
+    return load_or_explain(builder_of(path) or "", files, config, streaming, data_files=[str(path)], split="train",
+                           **kwargs)
+
+
+def load_or_explain(name: str, files: list[Path], config: SFTConfig, streaming: bool, **kwargs: Any):
     try:
-        if path.is_file():
-            builder = LOCAL_BUILDERS[path.suffix.lower()]
-            kwargs = {"keep_linebreaks": True} if builder == "text" else {}
-            return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
-        if path.is_dir():
-            return datasets.load_dataset(str(path), split=config.dataset_split)
-        return datasets.load_dataset(source, config.dataset_config, split=config.dataset_split)
+        return datasets.load_dataset(name, streaming=streaming, **kwargs)
     except DataError:
         raise
     except Exception as exc:  # datasets/pyarrow errors are long; find the real culprit ourselves
         for file in files:
             if file.suffix.lower() in (".json", ".jsonl"):
                 diagnose_json(file, config.dataset_format)
-        raise DataError(f"{source}: could not load dataset: {one_line(exc)}") from None
+        verb = "open the dataset as a stream" if streaming else "load dataset"
+        raise DataError(f"{name if not files else files[0] if len(files) == 1 else files[0].parent}: could not "
+                        f"{verb}: {one_line(exc)}") from None
 
 
-def data_files(directory: Path) -> list[Path]:
-    """The data files of a dataset directory, all of one type: `datasets` would load only the most
-    common type and silently drop the rest, so a mix (or a file of unknown type) is refused."""
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and not _ignored(p.relative_to(directory)))
-    unknown = [p for p in files if p.suffix.lower() not in LOCAL_BUILDERS]
-    if unknown:
-        raise DataError(f"{unknown[0]}: unsupported file type '{unknown[0].suffix}' in the dataset directory "
-                        f"(use one of {', '.join(sorted(LOCAL_BUILDERS))})")
-    kinds = sorted({LOCAL_BUILDERS[p.suffix.lower()] for p in files})
-    if len(kinds) > 1:
-        counts = ", ".join(f"{k}: {sum(LOCAL_BUILDERS[p.suffix.lower()] == k for p in files)}" for k in kinds)
-        raise DataError(f"{directory}: mixed file types ({counts} files); a dataset directory must hold one "
-                        "format, so that no file is left out: convert them, or point dataset at one file")
+def source_files(path: Path) -> list[Path]:
+    """The data files of a file or a dataset directory, all of one type: `datasets` would load only the
+    most common type and silently drop the rest, so a mix (or a file of unknown type) is refused."""
+    files = [path] if path.is_file() else \
+        sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p.relative_to(path)))
     if not files:
-        raise DataError(f"{directory}: no data files (use one of {', '.join(sorted(LOCAL_BUILDERS))})")
+        raise DataError(f"{path}: no data files (use {SUPPORTED})")
+    for file in files:
+        if builder_of(file) is None:
+            where = " in the dataset directory" if file != path else ""
+            shown = "".join(file.suffixes[-2:]) if file.suffix.lower() in COMPRESSIONS else file.suffix or file.name
+            raise DataError(f"{file}: unsupported file type '{shown}'{where} "
+                            f"(use {SUPPORTED})")
+        module = COMPRESSIONS.get(file.suffix.lower())
+        if module is not None and not _importable(module):
+            raise DataError(f"{file}: reading {file.suffix} files needs the '{module}' package (pip install {module})")
+    kinds = sorted({builder_of(f) or "" for f in files})
+    if len(kinds) > 1:
+        counts = ", ".join(f"{k}: {sum(builder_of(f) == k for f in files)}" for k in kinds)
+        raise DataError(f"{path}: mixed file types ({counts} files); a dataset directory must hold one "
+                        "format, so that no file is left out: convert them, or point dataset at one file")
     return files
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 def _ignored(relative: Path) -> bool:
@@ -78,11 +125,8 @@ def _ignored(relative: Path) -> bool:
 def check_text_file(path: Path) -> None:
     """An empty or non-UTF-8 text file would reach the library as StopIteration or "An error
     occurred while generating the dataset": say what is wrong, with the line."""
-    builder = LOCAL_BUILDERS.get(path.suffix.lower())
-    if builder is None:
-        raise DataError(f"{path}: unsupported file type '{path.suffix}' (use one of "
-                        f"{', '.join(sorted(LOCAL_BUILDERS))})")
-    if builder == "parquet":
+    builder = builder_of(path)
+    if builder == "parquet" or path.suffix.lower() in COMPRESSIONS:  # binary: datasets reads and checks it
         return
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")

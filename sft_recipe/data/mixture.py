@@ -1,13 +1,14 @@
-"""Dataset mixtures: how many training rows each `datasets:` source contributes, and which.
+"""Dataset mixtures: what `weight` means, once, for rows in memory and streamed, and which rows are drawn.
 
-Weights are relative shares of the mixture's training rows (blocks of `max_length` tokens, i.e.
-tokens, for text). The mixture has as many training rows as its sources hold together, so no
-weight can make an epoch silently smaller or larger than the data; a source then gives
-
-    wanted = share x total rows          (largest-remainder rounding: the counts add up exactly)
-
-rows: drawn without replacement when it holds at least that many, else repeated whole as many
-times as fit plus a draw without replacement for the rest. Rows are never drawn with replacement,
+Weights are relative shares of the mixture's training items (rows; blocks of `max_length` tokens,
+i.e. tokens, for text). Items are dealt to sources one at a time by `next_source`, Balinski and
+Young's quota method: the next item goes to the source with the most weight per item it would then
+hold, among those still below their share of the items so far, rounded up. Every prefix of n items
+then gives each source floor or ceil of n x share (no rounding error of a whole item or more, at any
+length), and the order depends only on the weights.
+- **In memory** the mixture has as many training rows as its sources hold together, so no weight
+  can make an epoch silently smaller or larger than the data; a source gives as many rows as the
+  first `total` items dealt it (`draw_counts`: they add up exactly), Rows are never drawn with replacement,
 so no row appears twice while another of the same source is left out. Draws depend only on the
 seed and the source's position, so a mixture is the same on every process and after a resume
 (the Trainer's seeded sampler then shuffles the mixed rows).
@@ -16,6 +17,8 @@ seed and the source's position, so a mixture is the same on every process and af
 from __future__ import annotations
 
 import dataclasses
+import math
+from fractions import Fraction
 from typing import Any
 
 import datasets
@@ -36,14 +39,33 @@ def source_config(config: SFTConfig, source: DataSource) -> SFTConfig:
                                max_examples=source.max_examples, columns=source.columns)
 
 
+def integer_weights(weights: list[float]) -> list[int]:
+    """The weights as integers in the same ratios (exact, to a millionth), so that quotas compare exactly."""
+    fractions = [Fraction(w).limit_denominator(10**6) for w in weights]
+    scale = math.lcm(*(f.denominator for f in fractions))
+    return [int(f * scale) for f in fractions]
+
+
+def next_source(counts: list[int], weights: list[int]) -> int:
+    """The source the next item comes from (module docstring), given the items each holds and the
+    `integer_weights`; ties go to the earlier source."""
+    n, total = sum(counts) + 1, sum(weights)
+    best, best_priority = -1, -1.0
+    for k, (count, weight) in enumerate(zip(counts, weights)):
+        if count * total < n * weight:  # below its share of n items, rounded up
+            priority = weight / (count + 1)
+            if priority > best_priority:
+                best, best_priority = k, priority
+    return best
+
+
 def draw_counts(available: list[int], weights: list[float]) -> list[int]:
-    """Rows wanted per source: `weights` as shares of `sum(available)`, rounded to add up exactly."""
-    total = sum(available)
-    exact = np.asarray(weights, dtype=np.float64) / float(sum(weights)) * total
-    counts = np.floor(exact).astype(np.int64)
-    for i in np.argsort(-(exact - counts), kind="stable")[:total - int(counts.sum())]:
-        counts[i] += 1
-    return [int(c) for c in counts]
+    """Rows wanted per source: those the first `sum(available)` items of `next_source` deal it."""
+    whole = integer_weights(weights)
+    counts = [0] * len(weights)
+    for _ in range(sum(available)):
+        counts[next_source(counts, whole)] += 1
+    return counts
 
 
 def draw_indices(available: int, wanted: int, seed: int, position: int) -> np.ndarray:

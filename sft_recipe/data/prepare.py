@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,17 +23,17 @@ from ..console import interactive
 from ..formats import Form, describe_mapping, map_columns, normalise
 from ..errors import DataError
 from .builtin import is_builtin
-from .load import load_source
+from .load import is_one_text, load_source
 from .mixture import concat_or_none, describe_sources, mix, source_config, uniform_rows
 from .packing import pack_rows
-from .stats import TokenStats, row_stats, total_stats
+from .stats import TokenStats, total_stats
 from .stream_mixture import prepare_stream_mixture
 from .streaming import prepare_stream
-from .chat_rows import tokenize_messages
-from .chat_template import template_name
+from .encode import encode_rows, enforce_fidelity, has_response, say_drops
 from .fidelity import FidelityReport
+from .mask import DROP_EMPTY
 from .prepared import PreparedData, cached, is_prepared, load_prepared, save_prepared
-from .tokenization import tokenize_prompt_completion, tokenize_text
+from .tokenization import tokenize_text
 
 log = logging.getLogger(__name__)
 # Enough rows for a stable train-sample estimate; more only slows every evaluation down.
@@ -93,24 +94,15 @@ def tokenize_splits(config: SFTConfig, tokenizer, raw, dropped_empty: int) -> Pr
     """Split the loaded rows (by position for text) and tokenize both parts."""
     source = config.dataset or ""
     if config.form is Form.TEXT:
-        add_eos = not source.lower().endswith(".txt")  # a .txt is one running text, not documents
         train, eval_, split_stats = tokenize_text(raw, tokenizer, config.max_length, config.eval_fraction,
-                                                  add_eos=add_eos, num_proc=config.num_proc)
+                                                  add_eos=not is_one_text(source), num_proc=config.num_proc)
         return PreparedData(train, eval_, None, {k: v.to_dict() for k, v in split_stats.items()})
     train_raw, eval_raw = split_rows(raw, config.eval_fraction, config.seed, source)
-    if "messages" in train_raw.column_names:  # also prompt/completion given as message lists
-        report = FidelityReport(source)
-        tokenized = {name: tokenize_messages(part, tokenizer, config, report)
-                     for name, part in (("train", train_raw), ("eval", eval_raw))}
-        hint = "set train_dropped_reasoning: true to train the reasoning it drops, or " \
-            if report.counts["reasoning"] and not config.train_dropped_reasoning else ""
-        report.enforce(config.data_fidelity, template_name(config), hint)
-        stats = {name: s for name, (_, s) in tokenized.items()}
-        train, eval_ = tokenized["train"][0], tokenized["eval"][0]
-    else:
-        train = tokenize_prompt_completion(train_raw, tokenizer, config.max_length, config.num_proc)
-        eval_ = tokenize_prompt_completion(eval_raw, tokenizer, config.max_length, config.num_proc)
-        stats = {"train": row_stats(len(train_raw), train), "eval": row_stats(len(eval_raw), eval_)}
+    report = FidelityReport(source)
+    (train, train_stats), (eval_, eval_stats) = (encode_rows(part, tokenizer, config, report)
+                                                 for part in (train_raw, eval_raw))
+    enforce_fidelity(report, config)
+    stats = {"train": train_stats, "eval": eval_stats}
     stats["train"] = stats["train"].add(TokenStats(rows=dropped_empty, dropped_empty=dropped_empty))
     for name, part in (("train", train), ("eval", eval_)):
         if len(part) == 0:
@@ -197,13 +189,13 @@ def sample_train_rows(train, n_eval_rows: int, seed: int):
 
 
 def drop_empty_completions(dataset, source: str):
-    """Empty or whitespace-only responses teach nothing but EOS: drop them, count them, and
-    fail if nothing is left."""
-    keep = [i for i, c in enumerate(dataset["completion"]) if c.strip()]
+    """Rows without a response (`encode.has_response`) are dropped before the split, counted, and
+    the run fails if nothing is left."""
+    keep = [i for i, c in enumerate(dataset["completion"]) if has_response(c)]
     dropped = len(dataset) - len(keep)
     if not keep:
         raise DataError(f"{source}: every response is empty; nothing to train on")
     if dropped:
-        log.warning("dropped %d rows with an empty response", dropped)
+        say_drops(Counter({DROP_EMPTY: dropped}))
         dataset = dataset.select(keep)
     return dataset, dropped

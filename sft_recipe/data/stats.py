@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-import pyarrow.compute as pc
 
 
 @dataclass
@@ -52,18 +51,3 @@ def total_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     for part in parts:
         total = total.add(TokenStats.from_dict(part))
     return total.to_dict()
-
-
-def row_stats(raw_rows: int, tokenized) -> TokenStats:
-    """Counts for a tokenized split; rows that vanished in the map were dropped for length."""
-    if len(tokenized) == 0:  # every row dropped: the map output has no columns to sum
-        return TokenStats(rows=raw_rows, dropped_too_long=raw_rows)
-    columns = tokenized.with_format("arrow")  # summed in Arrow: row-by-row Python costs seconds per 100k rows
-
-    def total(name: str) -> int:
-        return int(pc.sum(pc.cast(columns[name], "int64")).as_py() or 0)
-
-    return TokenStats(
-        rows=raw_rows, kept=len(tokenized), truncated=total("truncated"),
-        dropped_too_long=raw_rows - len(tokenized), tokens=total("length"), trainable_tokens=total("trainable"),
-    )

@@ -3,14 +3,11 @@
 - **Per source**, exactly as a single streamed `dataset:` (`streaming.py`): its own format, columns
   and tokenization, its first `streaming_eval_examples` rows held out (so every source is evaluated
   and reported as `eval_<name>_loss`), the rest split over the processes, restarted at its end.
-- **Interleaving** is a deterministic round-robin by deficit, not a random draw: item n comes from
-  the source whose count is furthest behind its share (ties to the earlier source). A stream has no
-  length, so weights are shares of the training items (rows; blocks of `max_length` tokens, i.e.
-  tokens, for text). Every prefix of the stream holds them to within one item for two sources (the
-  deficit then stays within half an item) and within two for more (tested, not proven), so no seed
-  can make a short run see a skewed mix; the order depends only on the weights, so it is the same on
-  every process and after a resume. A small source restarts from its first training row when it runs out,
-  so it is repeated whole, as without streaming.
+- **Interleaving** is `mixture.next_source`, the one meaning of `weight`: item n comes from its n-th
+  choice, so every prefix of the stream holds each source to floor or ceil of its share, the order
+  depends only on the weights (the same on every process and after a resume), and no seed can make
+  a short run see a skewed mix. A small source restarts from its first training row when it runs
+  out, so it is repeated whole, as without streaming.
 - **Resume:** the position is the mixed item count plus each source's own `TokenStream` position at
   its share of those items; a source not drawn yet starts at its beginning.
 """
@@ -25,16 +22,9 @@ import torch
 
 from ..recipe.config import SFTConfig
 from ..errors import UserError
-from .mixture import concat_or_none, source_config, uniform_rows
+from .mixture import concat_or_none, integer_weights, next_source, source_config, uniform_rows
 from .stats import total_stats
 from .streaming import TokenStream, history_size, prepare_stream
-
-
-def next_source(counts: list[int], weights: list[float]) -> int:
-    """The source to draw from next: the one furthest behind its share of the items drawn so far plus
-    this one (`n * weight / total - count`, compared without dividing); ties go to the earlier source."""
-    n, total = sum(counts) + 1, sum(weights)
-    return max(range(len(weights)), key=lambda k: (n * weights[k] - counts[k] * total, -k))
 
 
 class MixedStream(torch.utils.data.IterableDataset):
@@ -42,7 +32,7 @@ class MixedStream(torch.utils.data.IterableDataset):
 
     def __init__(self, streams: list[TokenStream], weights: list[float], names: list[str],
                  history: int = 4096) -> None:
-        self.streams, self.weights, self.names = streams, [float(w) for w in weights], names
+        self.streams, self.weights, self.names = streams, integer_weights(weights), names
         self.items = 0
         self.counts = [0] * len(streams)  # items drawn from each source, over all sessions
         self.history: collections.deque = collections.deque(maxlen=history)

@@ -3,7 +3,7 @@
 - **Held out:** the first `streaming_eval_examples` rows of the source (blocks, for text) are the
   eval set, read the same way on every process and kept in memory as a normal `Dataset`, so
   evaluation is unchanged; the rows they came from are skipped by the training stream.
-- **Per process:** each process trains on every `world`-th remaining row (`stream_source.node_share`).
+- **Per process:** each process trains on every `world`-th remaining row (`node_share`).
 - **Tokenized on the fly:** SFT rows as in `tokenization.py`; text as one running token stream cut
   into full `max_length` blocks (the partial block of one row carries over into the next).
 - **Endless:** at the end of the source it starts again (the Trainer stops at `max_steps`).
@@ -18,33 +18,31 @@ from __future__ import annotations
 import collections
 import copy
 import logging
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import datasets
 import torch
+from datasets.distributed import split_dataset_by_node
 from accelerate import PartialState
 
 from ..recipe.config import SFTConfig
 from ..errors import DataError, UserError, one_line
 from ..formats import Form, canonical_row
-from .mask import Example
-from .stats import TokenStats
-from .stream_source import builder_of, node_share, open_stream
-from .chat_rows import ChatEncoder
-from .chat_template import template_name
+from .encode import FEATURES, Encoded, RowEncoder, enforce_fidelity, summarise, to_columns
 from .fidelity import FidelityReport
-from .tokenization import prompt_completion_encoder, text_encoder
+from .load import is_one_text, load_source
+from .stats import TokenStats
+from .tokenization import text_encoder
 
 log = logging.getLogger(__name__)
 
-Encode = Callable[[dict[str, Any], int], list[list[int]] | list[Example]]
+Encode = Callable[[dict[str, Any], int], Any]  # token ids (text) or an `encode.Encoded`
 
 
 class TokenStream(torch.utils.data.IterableDataset):
     """Training items (`input_ids`, `labels`) from `source`, endlessly, with a resumable position.
 
-    `encode(row, n)` turns the n-th raw row into token ids (text, `block` set) or Examples (SFT).
+    `encode(row, n)` turns the n-th raw row into token ids (text, `block` set) or an `Encoded` (SFT).
     """
 
     def __init__(self, source: datasets.IterableDataset, encode: Encode, block: int | None, history: int = 4096,
@@ -96,7 +94,7 @@ class TokenStream(torch.utils.data.IterableDataset):
                 state = source.state_dict()
                 encoded = self.encode(raw, row)
                 if self.block is None:
-                    for example in encoded:
+                    for example in encoded.examples:
                         produced = True
                         yield self._item(example.input_ids, example.labels, epoch, row, state, None, 0)
                     continue
@@ -139,67 +137,72 @@ def read_rows(source: datasets.IterableDataset, where: str) -> Iterator[dict[str
 
 
 def row_encoder(config: SFTConfig, tokenizer, where: str) -> Encode:
-    """The per-row tokenization of the rows' form (the same functions as without streaming)."""
+    """One streamed row -> token ids (text) or an `Encoded`: the same adapter and encoder as in memory
+    (`encode.RowEncoder`)."""
     fmt, columns = config.dataset_format, config.columns
     if config.form is Form.TEXT:
-        add_eos = builder_of(Path(config.dataset or "")) != "text"  # as without streaming: a .txt is one text
-        encode_text = text_encoder(tokenizer, add_eos)
+        encode_text = text_encoder(tokenizer, not is_one_text(config.dataset or ""))
         return lambda raw, n: encode_text({"text": [canonical_row(raw, fmt, columns, f"{where}: row {n}")["text"]]})["ids"][0]
-    pc = prompt_completion_encoder(tokenizer, config.max_length)
-    chat: list[Any] = []  # built on the first conversation: plain prompt/completion needs no template
+    encoder = RowEncoder(tokenizer, config)
+    return lambda raw, n: encoder(canonical_row(raw, fmt, columns, f"{where}: row {n}"), n)
 
-    def encode(raw: dict[str, Any], n: int) -> list[Example]:
-        row = canonical_row(raw, fmt, columns, f"{where}: row {n}")
-        if "messages" in row:
-            if not chat:
-                chat.append(ChatEncoder(tokenizer, config))
-            examples, _, lost = chat[0](row["messages"], row["tools"], n)
-            if lost:  # a stream is audited row by row: the first loss is said (or is the error) at once
-                report = FidelityReport(f"{where}")
-                report.add(n, lost)
-                report.enforce(config.data_fidelity, template_name(config))
-            return examples
-        if not row["completion"].strip():
-            return []
-        out = pc({"prompt": [row["prompt"]], "completion": [row["completion"]]})
-        return [Example(ids, labels, truncated) for ids, labels, truncated
-                in zip(out["input_ids"], out["labels"], out["truncated"])]
 
-    return encode
+def audited(encode: Encode, config: SFTConfig, report: FidelityReport) -> Encode:
+    """Training rows of a stream cannot be audited up front: what a template loses is counted in
+    `report` row by row, and the first loss is said (or is the error) at once, once per stream."""
+    def run(raw: dict[str, Any], n: int) -> Any:
+        result = encode(raw, n)
+        if isinstance(result, Encoded) and result.lost:
+            first = not report.rows_lost
+            report.add(n, result.lost)
+            if first:
+                enforce_fidelity(report, config)
+        return result
+
+    return run
 
 
 def held_out(stream: datasets.IterableDataset, encode: Encode, config: SFTConfig, where: str):
     """The first `streaming_eval_examples` rows (blocks, for text) as an in-memory eval set, the raw
-    canonical rows (SFT), and how many source rows they used (the training stream skips them)."""
+    canonical rows (SFT), how many source rows they used (the training stream skips them), and their
+    counts (`encode.summarise`, as in memory)."""
     wanted, block = config.streaming_eval_examples, config.max_length
-    ids: list[list[int]] = []
-    labels: list[list[int]] = []
-    raw_rows, carry, used = [], [], 0
+    blocks: list[list[int]] = []
+    results: list[Encoded] = []
+    raw_rows, carry, used, items = [], [], 0, 0
     for raw in read_rows(stream, where):
-        if len(ids) >= wanted:
+        if max(items, len(blocks)) >= wanted:
             break
         used += 1
         encoded = encode(raw, used)
         if config.form is Form.TEXT:
             carry += encoded
-            while len(carry) >= block and len(ids) < wanted:
-                ids.append(carry[:block])
-                labels.append(carry[:block])
+            while len(carry) >= block and len(blocks) < wanted:
+                blocks.append(carry[:block])
                 carry = carry[block:]
             continue  # the rest of the last held-out row is not trained either
         raw_rows.append(canonical_row(raw, config.dataset_format, config.columns, where))
-        for example in encoded:
-            ids.append(example.input_ids)
-            labels.append(example.labels)
-    if not ids:
+        results.append(encoded)
+        items += len(encoded.examples)
+    if config.form is Form.TEXT:
+        rows = datasets.Dataset.from_dict({"input_ids": blocks, "labels": blocks, "length": [block] * len(blocks)})
+        stats = TokenStats(rows=len(rows), kept=len(rows), tokens=block * len(rows), trainable_tokens=block * len(rows),
+                           dropped_tokens=len(carry))  # as in memory: blocks are the rows; the rest is not trained
+    else:
+        report = FidelityReport(where)
+        numbers = list(range(1, used + 1))
+        rows, stats = summarise(datasets.Dataset.from_dict(to_columns(results, numbers), features=FEATURES), used,
+                                report)
+        enforce_fidelity(report, config)  # over the held-out rows at once, as in memory
+        rows = rows.select_columns(["input_ids", "labels", "length"])
+    if not len(rows):
         raise DataError(f"{where}: the stream gave no evaluation rows ({used} rows read, all dropped: empty "
                         f"answers, prompts longer than max_length={block}, or text shorter than one block)")
-    rows = datasets.Dataset.from_dict({"input_ids": ids, "labels": labels, "length": [len(i) for i in ids]})
     try:
         eval_raw = datasets.Dataset.from_list(raw_rows) if raw_rows and "prompt" in raw_rows[0] else None
     except Exception:  # rows whose types do not unify: generation checks are skipped
         eval_raw = None
-    return rows, eval_raw, used
+    return rows, eval_raw, used, stats
 
 
 def history_size(config: SFTConfig) -> int:
@@ -211,22 +214,26 @@ def prepare_stream(config: SFTConfig, tokenizer) -> tuple[Any, Any, Any, dict[st
     """(training TokenStream, eval rows, held-out raw rows, stats) for one streamed source (a mixture
     calls this once per source: `stream_mixture.py`)."""
     where = config.dataset or "dataset"
-    stream = open_stream(config)
+    stream = load_source(config.dataset or "", config, streaming=True)
     if config.max_examples is not None:
         stream = stream.take(config.max_examples)
     encode = row_encoder(config, tokenizer, where)
-    eval_rows, eval_raw, used = held_out(stream, encode, config, where)
+    eval_rows, eval_raw, used, eval_stats = held_out(stream, encode, config, where)
     state = PartialState()
     train_source = node_share(stream, used, state.process_index, state.num_processes)
-    train = TokenStream(train_source, encode, config.max_length if config.form is Form.TEXT else None,
+    train = TokenStream(train_source, audited(encode, config, FidelityReport(where)), config.max_length if config.form is Form.TEXT else None,
                         history=history_size(config), where=where)
-    tokens = sum(len(i) for i in eval_rows["input_ids"])
-    trainable = sum(sum(1 for t in lab if t != -100) for lab in eval_rows["labels"])
-    dropped = 0 if config.form is Form.TEXT else used - len(eval_rows)
-    stats = {"eval": TokenStats(rows=used, kept=len(eval_rows), dropped_other=dropped, tokens=tokens,
-                                trainable_tokens=trainable).to_dict(),
+    stats = {"eval": eval_stats.to_dict(),
              "streaming": {"held_out_source_rows": used, "processes": state.num_processes}}
     log.info("streaming %s: %d held-out %s from the first %d rows; process %d of %d trains on one row in %d "
              "after them", where, len(eval_rows), "blocks" if config.form is Form.TEXT else "rows", used,
              state.process_index, state.num_processes, state.num_processes)
     return train, eval_rows, eval_raw, stats
+
+
+def node_share(stream: datasets.IterableDataset, held_out_rows: int, rank: int, world: int):
+    """This process's training rows: the stream minus its first `held_out_rows` rows, then every
+    `world`-th row from `rank` (`split_dataset_by_node` by examples, so that any number of files
+    splits over any number of processes, and the held-out rows are the same on every process)."""
+    rest = stream.skip(held_out_rows) if held_out_rows else stream
+    return split_dataset_by_node(rest, rank=rank, world_size=world, strategy="examples") if world > 1 else rest

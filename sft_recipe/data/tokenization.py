@@ -1,10 +1,9 @@
-"""Tokenize normalised rows into training rows (`input_ids`, `labels`, `length`), with counts.
+"""Tokenizer calls shared by the encoders: prompts without a trailing EOS, and raw text as token ids.
 
-All tokenization runs in batched `datasets.map` calls: fast tokenizers encode a whole batch in
-Rust, `num_proc` spreads large datasets over cores, and the map cache means a second run of the
-same recipe does not tokenize again. Which tokens are trained is decided in `mask.py`.
-
-Conversations are in `chat_rows.py` (rendered once each, masked by the turns `chat_turns.py` locates).
+In memory, tokenization runs in batched `datasets.map` calls: fast tokenizers encode a whole batch
+in Rust, `num_proc` spreads large datasets over cores, and the map cache means a second run of the
+same recipe does not tokenize again. Rows become training rows in `encode.py`; which tokens are
+trained is decided in `mask.py`.
 """
 
 from __future__ import annotations
@@ -15,11 +14,7 @@ from typing import Callable
 
 
 from ..errors import DataError
-from .mask import (
-    Example,
-    build_example,
-    to_blocks,
-)
+from .mask import to_blocks
 from .prepared import map_fingerprint
 from .stats import TokenStats
 
@@ -48,38 +43,6 @@ def prompt_ids_without_eos(tokenizer) -> Callable[[list[str]], list[list[int]]]:
     def encode(prompts: list[str]) -> list[list[int]]:
         ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
         return [p[:-1] if adds_eos and p[-1:] == [eos] else p for p in ids]
-
-    return encode
-
-
-def examples_to_columns(examples: list[Example | None]) -> dict[str, list]:
-    kept = [e for e in examples if e is not None]
-    return {
-        "input_ids": [e.input_ids for e in kept],
-        "labels": [e.labels for e in kept],
-        "length": [len(e.input_ids) for e in kept],
-        "truncated": [e.truncated for e in kept],
-        "trainable": [e.num_trainable for e in kept],
-    }
-
-
-def tokenize_prompt_completion(dataset, tokenizer, max_length: int, num_proc: int | None = None):
-    """Rows with `prompt`/`completion` strings -> masked training rows (see mask.py for the rules)."""
-    return map_rows(dataset, prompt_completion_encoder(tokenizer, max_length), num_proc,
-                    map_fingerprint(dataset, tokenizer, "completion rows", max_length))
-
-
-def prompt_completion_encoder(tokenizer, max_length: int) -> Callable[[dict[str, list]], dict[str, list]]:
-    """The batch function behind `tokenize_prompt_completion`, shared with streaming (`streaming.py`)."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise DataError("the tokenizer has no EOS token; set one so the model can learn to stop")
-    encode_prompts = prompt_ids_without_eos(tokenizer)
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        prompts = encode_prompts(batch["prompt"])
-        completions = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
-        return examples_to_columns([build_example(p, c + [eos], max_length) for p, c in zip(prompts, completions)])
 
     return encode
 

@@ -30,16 +30,6 @@ def alpaca_prompt(instruction: str, input: str | None = "") -> str:
     return ALPACA_NO_INPUT.format(instruction=instruction)
 
 
-def short_prompt(prompt: str) -> str:
-    """The instruction of an Alpaca prompt (the template's boilerplate hides it), else the prompt."""
-    if "### Instruction:\n" not in prompt:
-        return prompt.strip()
-    instruction = prompt.split("### Instruction:\n", 1)[1].split("\n\n### ", 1)[0]
-    if "### Input:\n" in prompt:
-        instruction += " | input: " + prompt.split("### Input:\n", 1)[1].split("\n\n### ", 1)[0]
-    return instruction
-
-
 def alpaca_to_prompt_completion(batch: dict[str, list]) -> dict[str, list]:
     inputs = batch.get("input") or [""] * len(batch["instruction"])
     return {"prompt": [alpaca_prompt(ins, inp) for ins, inp in zip(batch["instruction"], inputs)],
@@ -72,6 +62,15 @@ class Alpaca(Format):
 
     def prompt(self, text: str, input: str = "") -> str:
         return alpaca_prompt(text, input)
+
+    def shown(self, prompt: str) -> str:
+        """The instruction (and input) of an Alpaca prompt: the template's boilerplate hides it."""
+        if "### Instruction:\n" not in prompt:
+            return prompt.strip()
+        instruction = prompt.split("### Instruction:\n", 1)[1].split("\n\n### ", 1)[0]
+        if "### Input:\n" in prompt:
+            instruction += " | input: " + prompt.split("### Input:\n", 1)[1].split("\n\n### ", 1)[0]
+        return instruction
 
     def card_prompt(self, instruction: str) -> tuple[str, str]:
         return "the Stanford Alpaca template (no-input variant shown)", alpaca_prompt(instruction)

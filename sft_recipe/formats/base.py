@@ -69,6 +69,10 @@ class Format:
         """The prompt for a user's text at generation time, as the model was trained (not for chat)."""
         return text
 
+    def shown(self, prompt: str) -> str:
+        """A training prompt as the console shows it next to its answer (the part a person wrote)."""
+        return prompt.strip()
+
     def card_prompt(self, instruction: str) -> tuple[str, str]:
         """(how prompts are built, an example prompt) for the model card."""
         return "the prompt text exactly as in the training data, no template", instruction

@@ -17,7 +17,9 @@ from sft_recipe.data.chat_template import (
     stop_token_ids,
     template_notes,
 )
-from sft_recipe.data.chat_turns import encode_conversation, locate_turns
+from chat_helpers import encode_conversation
+
+from sft_recipe.data.chat_turns import locate_turns
 from sft_recipe.data.mask import IGNORE_INDEX, fit_turns
 from sft_recipe.formats.conversation import normalise_messages
 from sft_recipe.errors import UserError

@@ -12,7 +12,8 @@ from families import END_OF_TURN, build_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sft_recipe.data.chat_rows import ChatEncoder, arguments_as_text, tokenize_messages
+from sft_recipe.data.chat_rows import ChatEncoder, arguments_as_text
+from sft_recipe.data.encode import encode_rows
 from sft_recipe.data.fidelity import FidelityReport, lost_pieces
 from sft_recipe.data.mask import IGNORE_INDEX
 from sft_recipe.errors import DataError
@@ -160,7 +161,7 @@ def test_a_dataset_report_counts_per_kind_with_one_example():
     rows = datasets.Dataset.from_dict({"messages": [[SYSTEM, Q, A], [Q, A], [SYSTEM, Q, A]],
                                        "source_row": [1, 2, 3]})
     report = FidelityReport("chats.jsonl")
-    tokenize_messages(rows, tokenizer, config(), report)
+    encode_rows(rows, tokenizer, config(), report)
     assert (report.rows, report.rows_lost, dict(report.counts)) == (3, 2, {"system prompt": 2})
     assert report.example.startswith("chats.jsonl: row 1: messages[0].content")
 

@@ -13,14 +13,15 @@ from hypothesis import strategies as st
 
 from sft_recipe.data.collate import PaddingCollator
 from sft_recipe.data.mask import IGNORE_INDEX, build_example
-from sft_recipe.data.tokenization import tokenize_prompt_completion
+from sft_recipe.data.encode import encode_rows
+from sft_recipe.recipe.config import SFTConfig
 
 M = IGNORE_INDEX
 
 
 def tokenize(rows: list[tuple[str, str]], tokenizer, max_length: int = 64):
     ds = datasets.Dataset.from_dict({"prompt": [p for p, _ in rows], "completion": [c for _, c in rows]})
-    return tokenize_prompt_completion(ds, tokenizer, max_length)
+    return encode_rows(ds, tokenizer, SFTConfig(dataset="x", model_name="x", max_length=max_length, callbacks=[]))[0]
 
 
 # --- golden rows -----------------------------------------------------------------------------

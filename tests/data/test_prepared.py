@@ -18,13 +18,13 @@ from sft_recipe.recipe.config import SFTConfig
 @pytest.fixture
 def tokenizing(monkeypatch):
     calls = []
-    real = prepare.tokenize_prompt_completion
+    real = prepare.encode_rows
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prepare, "tokenize_prompt_completion", counted)
+    monkeypatch.setattr(prepare, "encode_rows", counted)
     return calls
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.data.mixture import source_config
 from sft_recipe.data.prepare import describe_stats, prepare_data
-from sft_recipe.data.stream_mixture import next_source
+from sft_recipe.data.mixture import draw_counts, integer_weights, next_source
 from sft_recipe.data.streaming import prepare_stream
 
 
@@ -23,31 +23,39 @@ def take(stream, n: int) -> list[list[int]]:
 
 
 def order(weights: list[float], n: int) -> list[int]:
-    counts, picked = [0] * len(weights), []
+    counts, picked, whole = [0] * len(weights), [], integer_weights(weights)
     for _ in range(n):
-        k = next_source(counts, weights)
+        k = next_source(counts, whole)
         counts[k] += 1
         picked.append(k)
     return picked
 
 
 def test_interleaving_golden():
-    # deficit n*w - count*total after n items: [2, 1] at n=1: 2 vs 1 -> 0; n=2: 4-3=1 vs 2 -> 1; n=3: 3 vs 0 -> 0
-    assert order([2, 1], 9) == [0, 1, 0, 0, 1, 0, 0, 1, 0]
+    # [2, 1]: n=1 both below their rounded-up share, weight per item 2/1 vs 1/1 -> 0; n=2: 2/2 vs 1/1, a tie
+    # -> the earlier, 0; n=3: source 0 holds 2 = its share of 3 items (2), so only 1 may take it.
+    assert order([2, 1], 9) == [0, 0, 1, 0, 0, 1, 0, 0, 1]
     assert order([1, 1, 2], 8) == [2, 0, 1, 2, 2, 0, 1, 2]  # ties go to the earlier source
-    assert order([0.25, 0.75], 8) == [1, 0, 1, 1, 1, 0, 1, 1]
+    assert order([0.25, 0.75], 8) == [1, 1, 0, 1, 1, 1, 0, 1]
+
+
+def test_one_meaning_of_weight_in_memory_and_streamed():
+    """The in-memory counts are what the stream's first `total` items deal each source."""
+    for available, weights in (([40, 9], [2, 1]), ([5, 5, 5], [1, 1, 2]), ([100, 3], [0.25, 0.75])):
+        picked = order(weights, sum(available))
+        assert draw_counts(available, weights) == [picked.count(k) for k in range(len(weights))]
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(min_value=0.05, max_value=20), min_size=1, max_size=5), st.integers(1, 300))
-def test_every_prefix_holds_the_weights_to_within_an_item_or_two(weights, n):
-    """Within one item with two sources (the greedy is then exact rounding), within two with more."""
-    bound = 1 if len(weights) <= 2 else 2
-    counts = [0] * len(weights)
+def test_every_prefix_holds_each_share_rounded_down_or_up(weights, n):
+    """Quota at every prefix: each source holds floor or ceil of its share of the items so far."""
+    counts, whole = [0] * len(weights), integer_weights(weights)
     for i in range(1, n + 1):
-        counts[next_source(counts, weights)] += 1
-        for k, w in enumerate(weights):
-            assert abs(counts[k] - i * w / sum(weights)) <= bound + 1e-9, (i, counts, weights)
+        counts[next_source(counts, whole)] += 1
+        for k, w in enumerate(whole):
+            assert counts[k] * sum(whole) > (i * w) - sum(whole) and counts[k] * sum(whole) < i * w + sum(whole), \
+                (i, counts, weights)
 
 
 def mixture_config(tmp_path, **overrides) -> SFTConfig:

@@ -14,9 +14,11 @@ from conftest import alpaca_rows, make_toy_tokenizer, write_jsonl, write_recipe
 from sft_recipe.cli import main
 from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.data.prepare import load_raw
-from sft_recipe.data.stream_source import node_share, open_stream
+from sft_recipe.data.load import load_source
+from sft_recipe.data.streaming import node_share
 from sft_recipe.data.streaming import prepare_stream
-from sft_recipe.data.tokenization import token_stream, tokenize_prompt_completion
+from sft_recipe.data.encode import encode_rows
+from sft_recipe.data.tokenization import token_stream
 
 WORDS = ["the", "cat", "sat", "on", "a", "big", "red", "mat", "dog", "ran", "to", "blue", "one", "two"]
 
@@ -94,7 +96,7 @@ def test_unreadable_compression_is_one_line(tmp_path):
         import zstandard  # noqa: F401
     except ImportError:
         with pytest.raises(Exception, match="needs the 'zstandard' package"):
-            open_stream(text_config(path))
+            load_source(str(path), text_config(path), streaming=True)
     else:
         pytest.skip("zstandard is installed")
 
@@ -106,8 +108,9 @@ def test_sft_rows_match_the_non_streaming_rows(tmp_path, bpe_tokenizer):
     train, eval_rows, eval_raw, stats = prepare_stream(config, bpe_tokenizer)
     raw, _ = load_raw(SFTConfig(dataset=str(path), dataset_format="alpaca", model_name="toy", max_length=128))
     used = stats["streaming"]["held_out_source_rows"]
-    held = tokenize_prompt_completion(raw.select(range(used)), bpe_tokenizer, 128)
-    rest = tokenize_prompt_completion(raw.select(range(used, len(raw))), bpe_tokenizer, 128)
+    plain = SFTConfig(dataset=str(path), dataset_format="alpaca", model_name="toy", max_length=128)
+    held, _ = encode_rows(raw.select(range(used)), bpe_tokenizer, plain)
+    rest, _ = encode_rows(raw.select(range(used, len(raw))), bpe_tokenizer, plain)
     assert len(eval_rows) == 5 and eval_rows["input_ids"] == held["input_ids"]
     assert eval_rows["labels"] == held["labels"]
     items = list(itertools.islice(iter(train), len(rest)))
@@ -118,7 +121,7 @@ def test_sft_rows_match_the_non_streaming_rows(tmp_path, bpe_tokenizer):
 
 def test_processes_share_the_training_rows_without_overlap(tmp_path):
     path = write_jsonl(tmp_path / "rows.jsonl", [{"text": f"row {i}"} for i in range(23)])
-    stream = open_stream(text_config(path))
+    stream = load_source(str(path), text_config(path), streaming=True)
     shares = [[r["text"] for r in node_share(stream, 5, rank, 2)] for rank in (0, 1)]
     assert shares[0] == [f"row {i}" for i in range(5, 23, 2)]
     assert shares[1] == [f"row {i}" for i in range(6, 23, 2)]
@@ -158,8 +161,6 @@ def test_streaming_without_max_steps_is_one_line(tmp_path, capsys):
 
 
 def test_conversations_match_the_non_streaming_rows(tmp_path, bpe_chatml):
-    from sft_recipe.data.chat_rows import tokenize_messages
-
     rows = [{"messages": [{"role": "user", "content": f"the cat sat {i}"},
                           {"role": "assistant", "content": "yes " * (1 + i % 4)}]} for i in range(12)]
     rows[3]["messages"] = rows[3]["messages"][:1]  # unanswered: dropped, as without streaming
@@ -169,7 +170,7 @@ def test_conversations_match_the_non_streaming_rows(tmp_path, bpe_chatml):
     train, eval_rows, _, stats = prepare_stream(SFTConfig(**settings, streaming=True, max_steps=1,
                                                           streaming_eval_examples=4), bpe_chatml)
     raw, _ = load_raw(SFTConfig(**settings))
-    expected, _ = tokenize_messages(raw, bpe_chatml, SFTConfig(**settings))
+    expected, _ = encode_rows(raw, bpe_chatml, SFTConfig(**settings))
     assert stats["streaming"]["held_out_source_rows"] == 5  # 4 kept + the unanswered one
     assert eval_rows["input_ids"] == expected["input_ids"][:4] and eval_rows["labels"] == expected["labels"][:4]
     items = list(itertools.islice(iter(train), len(expected) - 4))

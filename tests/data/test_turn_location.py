@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sft_recipe.data.chat_turns as chat_turns
-from sft_recipe.data.chat_turns import encode_conversation, locate_turns
+from chat_helpers import encode_conversation
+
+from sft_recipe.data.chat_turns import locate_turns
 from sft_recipe.data.mask import IGNORE_INDEX, _in_span, span_labels
 from sft_recipe.errors import DataError
 

@@ -77,7 +77,7 @@ def build_callbacks(config: SFTConfig, tokenizer, data: Any) -> list[TrainerCall
             callbacks.append(LossCurveCallback())
         elif name == "samples":
             prompts, generate_kwargs = sample_prompts(config, tokenizer, data)
-            callbacks.append(SamplesCallback(prompts, config.max_new_tokens, generate_kwargs))
+            callbacks.append(SamplesCallback(prompts, config.max_new_tokens, generate_kwargs, config.dataset_format))
         elif name == "early_stopping":
             callbacks.append(EarlyStoppingCallback(
                 early_stopping_patience=config.early_stopping_patience or DEFAULT_EARLY_STOPPING_PATIENCE))

@@ -9,8 +9,7 @@ from transformers import TrainerCallback
 
 from ...recipe.config import SFTConfig
 from ...data.chat_template import chat_prompt, last_turn_prompts, stop_token_ids
-from ...formats import Form, get_format
-from ...formats.alpaca import short_prompt
+from ...formats import DEFAULT_FORMAT, Form, get_format
 from ...model.generate import generate_answers
 from .reporting import wandb_run
 
@@ -21,8 +20,10 @@ SAMPLE_PROMPTS_FROM_EVAL = 3
 class SamplesCallback(TrainerCallback):
     """Greedy generations for fixed prompts at every eval: printed, and a wandb.Table with wandb."""
 
-    def __init__(self, prompts: list[str], max_new_tokens: int, generate_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, prompts: list[str], max_new_tokens: int, generate_kwargs: dict[str, Any] | None = None,
+                 dataset_format: str = DEFAULT_FORMAT) -> None:
         self.prompts = prompts
+        self.shown = get_format(dataset_format).shown  # how the console shows a prompt: the format says
         self.max_new_tokens = max_new_tokens
         self.generate_kwargs = generate_kwargs or {}  # chat: stop tokens, no second BOS
         self.rows: list[list[Any]] = []  # every eval's samples, so the wandb table shows the progression
@@ -34,7 +35,7 @@ class SamplesCallback(TrainerCallback):
                                    **self.generate_kwargs)
         print(f"samples at step {state.global_step}:", flush=True)
         for prompt, answer in zip(self.prompts, answers):
-            print(f"  {short_prompt(prompt)!r} -> {answer!r}", flush=True)
+            print(f"  {self.shown(prompt)!r} -> {answer!r}", flush=True)
         self.rows += [[state.global_step, prompt, answer] for prompt, answer in zip(self.prompts, answers)]
         run = wandb_run(args)
         if run is not None:

@@ -89,10 +89,6 @@ def peak_memory_gb() -> dict[str, float]:
     return peak
 
 
-def format_throughput(step: int, max_steps: int, m: dict[str, float]) -> str:
-    return " | ".join([f"step {step}/{max_steps}", *throughput_parts(m)])
-
-
 def throughput_parts(m: dict[str, float]) -> list[str]:
     """`7,198 tok/s (485 trainable)`, `peak RSS 0.72 GB`, `ETA 0h03m42s`: whichever `m` holds."""
     parts = []

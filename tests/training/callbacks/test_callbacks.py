@@ -26,7 +26,7 @@ from sft_recipe.training.callbacks.reporting import WandbRecipeCallback
 from sft_recipe.training.callbacks.samples import SamplesCallback
 from sft_recipe.training.callbacks.throughput import (
     ThroughputCallback,
-    format_throughput,
+    throughput_parts,
     throughput_metrics,
 )
 from sft_recipe.recipe.config import SFTConfig
@@ -115,8 +115,8 @@ def test_throughput_rates_are_token_deltas_over_training_seconds():
     logs = {"loss": 1.0, "num_input_tokens_seen": 5000, "trainable_tokens_seen": 900}
     assert throughput_metrics(logs, last, 12.0) == {"tokens_per_second": 2000.0, "trainable_tokens_per_second": 400.0}
     assert throughput_metrics({"loss": 1.0}, last, 12.0) == {}  # no counts, no rates
-    line = format_throughput(30, 100, {"tokens_per_second": 2000.0, "trainable_tokens_per_second": 400.0,
-                                       "peak_rss_gb": 1.5, "eta_seconds": 3725.0})
+    line = " | ".join(["step 30/100", *throughput_parts({"tokens_per_second": 2000.0, "trainable_tokens_per_second": 400.0,
+                                                         "peak_rss_gb": 1.5, "eta_seconds": 3725.0})])
     assert line == "step 30/100 | 2,000 tok/s (400 trainable) | peak RSS 1.50 GB | ETA 1h02m05s"
 
 
