@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from .dependencies import check_dependencies
 from .errors import PeerLost, TrainingInterrupted, UserError
 
 EXIT_USER_ERROR = 2
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(verbose=getattr(args, "verbose", False))
     try:
+        check_dependencies()  # an older package than pyproject.toml declares: one line, not a traceback later
         return args.func(args, rest)
     except UserError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the message held

@@ -23,7 +23,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sft_recipe"
 LAYERS = {
-    0: ["errors", "console"],
+    0: ["errors", "console", "dependencies"],
     1: ["formats"],
     2: ["recipe"],
     3: ["data"],
