@@ -15,6 +15,7 @@ from .dependencies import check_dependencies
 from .errors import PeerLost, TrainingInterrupted, UserError
 
 EXIT_USER_ERROR = 2
+TOOLS_HELP = "JSON file with a list of tool schemas, rendered by the chat template"
 
 
 def recipe_keys_help() -> str:
@@ -44,7 +45,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from .training.host_memory import tune_host_memory
 
     config = load_recipe(args.recipe, overrides)  # torch is not loaded yet
-    applied = tune_host_memory(config.release_host_memory)  # the defaults are docs/speed-and-memory.md's; said when asked for
+    applied = tune_host_memory(config.release_host_memory)  # docs/speed-and-memory.md's defaults; said when asked for
     level = logging.INFO if config.release_host_memory else logging.DEBUG
     logging.getLogger("sft_recipe").log(level, "host memory: %s", ", ".join(applied) or "left as set")
     from .commands.train import train
@@ -219,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_new_tokens", type=int, default=128, help="generation length limit")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling threshold (with temperature)")
-    p.add_argument("--tools", default=None, help="JSON file with a list of tool schemas, rendered by the chat template")
+    p.add_argument("--tools", default=None, help=TOOLS_HELP)
     p.set_defaults(func=cmd_generate, takes_overrides=False)
 
     p = sub.add_parser("chat", help="talk to a trained chat model in the terminal (/reset, /exit)")
@@ -228,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_new_tokens", type=int, default=256, help="generation length limit per answer")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling threshold (with temperature)")
-    p.add_argument("--tools", default=None, help="JSON file with a list of tool schemas, rendered by the chat template")
+    p.add_argument("--tools", default=None, help=TOOLS_HELP)
     p.set_defaults(func=cmd_chat, takes_overrides=False)
 
     p = sub.add_parser("eval", help="evaluate a saved model on the recipe's held-out split",

@@ -22,7 +22,8 @@ METRICS_LOGGER = "sft_recipe.metrics"  # raw log dicts, DEBUG: on the console on
 NOT_NEWS: dict[str, re.Pattern[str]] = {
     # Tied weights (lm_head = embeddings) are not saved twice; loading the best checkpoint then
     # "misses" the head, which is tied back to the loaded embeddings: nothing is lost.
-    "transformers.trainer": re.compile(r"There were missing keys in the checkpoint model loaded: \['lm_head\.weight'\]"),
+    "transformers.trainer": re.compile(r"There were missing keys in the checkpoint model loaded: "
+                                       r"\['lm_head\.weight'\]"),
     # Checkpoint rotation sorts by step number when file times are coarse: the right order anyway.
     "transformers.trainer_utils": re.compile(r"mtime may not be reliable on this filesystem"),
 }
@@ -61,9 +62,7 @@ def configure_logging(verbose: bool = False) -> None:
             logger.addFilter(DropNotNews(pattern))
     # matplotlib logs "generated new fontManager" at INFO the first time it runs: not news.
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    from transformers.utils import (
-        logging as hf_logging,  # transformers has its own root handler
-    )
+    from transformers.utils import logging as hf_logging  # transformers has its own root handler
 
     hf_logging.set_verbosity_warning()
     if not interactive():

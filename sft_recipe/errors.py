@@ -32,10 +32,13 @@ class TrainingInterrupted(Exception):
 
 def one_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message (library messages run to paragraphs)."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def did_you_mean(name: object, known) -> str:
+    """` (did you mean 'x'?)` for the known name closest to a misspelt `name`, else ""."""
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def reject_unknown_keys(values, known: list[str], where: str) -> None:
@@ -43,9 +46,8 @@ def reject_unknown_keys(values, known: list[str], where: str) -> None:
     error with a suggestion, never a silently ignored setting."""
     for key in values:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise RecipeError(f"recipe key '{where}': unknown key '{key}'{hint}; known: {', '.join(known)}")
+            raise RecipeError(f"recipe key '{where}': unknown key '{key}'{did_you_mean(key, known)}; "
+                              f"known: {', '.join(known)}")
 
 
 class PeerLost(Exception):

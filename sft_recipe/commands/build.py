@@ -77,8 +77,8 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
         model=model, args=args, train_dataset=data.train, eval_dataset=eval_rows,
         data_collator=checked_collator(config, model, tokenizer), processing_class=tokenizer,
         callbacks=[*build_callbacks(config, tokenizer, data), *streamed, CheckpointCompleteCallback(config), stop],
-        loss_chunk_size=loss_chunk_size(config, vocabulary(model)), train_sample=train_sample, recipe=config, eval_parts=eval_parts,
-    )
+        loss_chunk_size=loss_chunk_size(config, vocabulary(model)), train_sample=train_sample, recipe=config,
+        eval_parts=eval_parts)
     trainer.verify_loss(eval_rows)  # the fast loss proves itself on this model before any step
     use_console(trainer)  # one live bar or plain lines, one line per evaluation; no raw dicts
     loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
@@ -93,10 +93,10 @@ def vocabulary(model) -> int | None:
 def has_experts(model) -> bool:
     """A mixture of experts, by its config or its modules (experts, routers)."""
     config = getattr(model, "config", None)
-    counts = [getattr(config, n, None) for n in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")]
-    if any(isinstance(c, int) and c > 1 for c in counts):
-        return True
-    return any("Expert" in type(m).__name__ or "Router" in type(m).__name__ for m in model.modules())
+    counts = [getattr(config, n, None) for n in ("num_experts", "num_local_experts", "n_routed_experts",
+                                                 "moe_num_experts")]
+    return any(isinstance(c, int) and c > 1 for c in counts) or \
+        any("Expert" in type(m).__name__ or "Router" in type(m).__name__ for m in model.modules())
 
 
 def checkpointing_supported(model, args) -> bool:

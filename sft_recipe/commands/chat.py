@@ -72,9 +72,10 @@ def chat_loop(model, tokenizer, stdin: TextIO = sys.stdin, stdout: TextIO = sys.
             continue
         history.append({"role": "user", "content": text})
         try:
-            (answer,) = generate_answers(model, tokenizer, [chat_prompt(tokenizer, history, tools, chat_template_kwargs)],
-                                         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                         stop_token_ids=stops, add_special_tokens=False,
+            prompt = chat_prompt(tokenizer, history, tools, chat_template_kwargs)
+            (answer,) = generate_answers(model, tokenizer, [prompt], max_new_tokens=max_new_tokens,
+                                         temperature=temperature, top_p=top_p, stop_token_ids=stops,
+                                         add_special_tokens=False,
                                          user_text=[m["content"] for m in history if isinstance(m.get("content"), str)])
         except UserError as exc:  # e.g. the history outgrew the context: the conversation can go on
             history.pop()

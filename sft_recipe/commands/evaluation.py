@@ -63,7 +63,8 @@ def generation_check(config: SFTConfig, trainer, tokenizer, data: PreparedData, 
     scores = score_generations(answers, rows["completion"])
     if trainer.is_world_process_zero():
         if label == "trained":
-            shown = rows["shown"] if "shown" in rows.column_names else [get_format(config.dataset_format).shown(p) for p in rows["prompt"]]
+            shown = rows["shown"] if "shown" in rows.column_names else \
+                [get_format(config.dataset_format).shown(p) for p in rows["prompt"]]
             for question, answer, ref in list(zip(shown, answers, rows["completion"]))[:4]:
                 mark = "ok " if normalise_answer(answer) == normalise_answer(ref) else "BAD"
                 print(f"  [{mark}] {question!r} -> {answer!r}")

@@ -8,7 +8,6 @@ Each check is one line naming the recipe key (exit 2), and none touches the netw
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import shutil
 from pathlib import Path
@@ -19,7 +18,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ..errors import RecipeError, UserError
+from ..errors import RecipeError, UserError, did_you_mean
 from ..recipe.config import SFTConfig
 from ..recipe.keys import BUILTIN_CALLBACKS
 from ..training.callbacks import import_callback
@@ -41,9 +40,8 @@ def check_loggers(report_to: list[str]) -> None:
         if name in ("none", "all"):
             continue
         if name not in INTEGRATION_TO_CALLBACK:
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise RecipeError(f"recipe key 'report_to': unknown logger '{name}'{hint}; known: {', '.join(known)}")
+            raise RecipeError(f"recipe key 'report_to': unknown logger '{name}'{did_you_mean(name, known)}; "
+                              f"known: {', '.join(known)}")
         package = LOGGER_PACKAGES.get(name, name)
         if name == "tensorboard" and installed("tensorboardX"):
             continue
@@ -89,7 +87,7 @@ def check_attention(attn: str | None) -> None:
     if attn not in known and not attn.startswith("paged|") and "/" not in attn:  # a hub kernel is "org/repo"
         raise RecipeError(f"recipe key 'attn_implementation': unknown '{attn}'; known: {', '.join(known)}")
     if attn.startswith("flash_attention"):
-        package = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}.get(attn, "flash_attn")
+        package = "flash_attn_interface" if attn == "flash_attention_3" else "flash_attn"
         if not torch.cuda.is_available() or not installed(package):
             raise RecipeError(f"recipe key 'attn_implementation': {attn} needs a CUDA GPU and the '{package}' "
                               f"package; use sdpa")

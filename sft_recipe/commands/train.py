@@ -31,8 +31,6 @@ from ..training.signals import peers_watched
 from ..training.host_memory import release_unused_memory
 
 log = logging.getLogger("sft_recipe")
-
-
 GenerationCheck = Callable[..., dict[str, float]]  # `commands.evaluation.generation_check`
 
 

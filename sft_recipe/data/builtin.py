@@ -4,9 +4,9 @@
 exactly (sorting, reversing, counting, arithmetic, lookups), half of them using the `input`
 field; `builtin:tasks-chat` is the same rows as one-turn `messages` conversations (the demo's
 choice: a chat template costs ~30 tokens a row where the Alpaca preamble costs ~58, so the
-same minutes train twice the rows). `tokenizer_name: builtin:tasks-bpe` trains a small byte-level BPE on that data. Both are
-written to files once and then loaded with the ordinary `load_dataset` / `from_pretrained` code,
-so the demo exercises the same paths as real data. Nothing is downloaded.
+same minutes train twice the rows). `tokenizer_name: builtin:tasks-bpe` trains a small byte-level
+BPE on that data. Both are written to files once and then loaded with the ordinary `load_dataset` /
+`from_pretrained` code, so the demo exercises the same paths as real data. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ def _task_sort(rng: random.Random) -> dict[str, str]:
 
 def _task_reverse(rng: random.Random) -> dict[str, str]:
     xs = rng.sample(WORDS, rng.randint(2, 4))
-    return {"instruction": "Reverse the order of the words.", "input": " ".join(xs),
-            "output": " ".join(reversed(xs))}
+    return {"instruction": "Reverse the order of the words.", "input": " ".join(xs), "output": " ".join(reversed(xs))}
 
 
 def _task_count(rng: random.Random) -> dict[str, str]:
@@ -72,9 +71,8 @@ def _task_repeat(rng: random.Random) -> dict[str, str]:
     return {"instruction": f"Repeat the word {word} {n} times.", "input": "", "output": " ".join([word] * n)}
 
 
-TASKS: list[Callable[[random.Random], dict[str, str]]] = [
-    _task_sort, _task_reverse, _task_count, _task_add, _task_next_day, _task_repeat,
-]
+TASKS: list[Callable[[random.Random], dict[str, str]]] = [_task_sort, _task_reverse, _task_count, _task_add,
+                                                          _task_next_day, _task_repeat]
 
 
 def make_rows(n: int = DEMO_ROWS, seed: int = DEMO_SEED) -> list[dict[str, str]]:

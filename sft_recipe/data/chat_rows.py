@@ -19,27 +19,20 @@ import json
 import logging
 from typing import Any
 
-
 from ..errors import DataError, RecipeError
 from ..formats.conversation import normalise_messages
 from ..recipe.config import SFTConfig
-from .chat_template import (
-    end_of_turn_markers,
-    render,
-    require_template,
-    supports_tools,
-    template_name,
-    template_notes,
-    template_source,
-)
+from .chat_template import (end_of_turn_markers, render, require_template, supports_tools, template_name,
+                            template_notes, template_source)
 from .chat_turns import Turn, locate_turns, tokenize_turns
 from .fidelity import encode_lost, lost_pieces, squeeze
 from .mask import DROP_EMPTY, DROP_UNANSWERED, Example, fit_turns
 
 log = logging.getLogger("sft_recipe")
 _NOTED: set[str] = set()  # template notes already said in this process
-PROBE_TOOLS = [{"type": "function", "function": {"name": "probe_lookup", "description": "Look a place up.", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}, "ids": {"type": "array"}}}}}]
+PROBE_TOOLS = [{"type": "function", "function": {
+    "name": "probe_lookup", "description": "Look a place up.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "ids": {"type": "array"}}}}}]
 PROBE_ARGUMENTS = {"city": 'Saint "Paul" & <Co>', "ids": [1, None, 3]}
 THINK_TAGS = [("<think>", "</think>"), ("<|begin_of_thought|>", "<|end_of_thought|>"), ("<thinking>", "</thinking>")]
 

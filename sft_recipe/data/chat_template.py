@@ -28,7 +28,7 @@ from transformers.utils.chat_template_utils import _compile_jinja_template
 
 from ..recipe.config import SFTConfig
 from ..formats import Form
-from ..errors import DataError, RecipeError
+from ..errors import DataError, RecipeError, one_line
 from ..formats.conversation import normalise_messages
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,9 @@ TEMPLATE_DIR = Path(__file__).parent / "chat_templates"
 # Control tokens written into templates as literals, e.g. <|im_start|> or <|eot_id|>.
 TEMPLATE_TOKEN_RE = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 _TOOLS_RE = re.compile(r"\btools\b")
-
-
 _TOOL_CALLS_RE = re.compile(r"\btool_calls\b")
 _PROBE_Q, _PROBE_A, _PROBE_TOOL = "PROBE QUESTION", "PROBE ANSWER", "probe_tool_name"
+_PROBE = [{"role": "user", "content": _PROBE_Q}, {"role": "assistant", "content": _PROBE_A}]
 
 
 def setup_chat_template(tokenizer, config: SFTConfig) -> list[int]:
@@ -89,10 +88,8 @@ def require_template(tokenizer, config: SFTConfig) -> None:
     try:
         tokenizer.get_chat_template()
     except ValueError:
-        raise RecipeError(
-            f"{config.resolved_tokenizer_name}: the tokenizer has no chat template; set "
-            "chat_template: chatml (built-in) or the path of a .jinja file"
-        ) from None
+        raise RecipeError(f"{config.resolved_tokenizer_name}: the tokenizer has no chat template; set "
+                          "chat_template: chatml (built-in) or the path of a .jinja file") from None
 
 
 def check_syntax(text: str, name: str) -> None:
@@ -116,11 +113,6 @@ def supports_tools(template: str) -> bool:
     return bool(_TOOLS_RE.search(template) or _TOOL_CALLS_RE.search(template))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
 def render(tokenizer, messages: list[dict], *, tools: list[dict] | None = None, add_generation_prompt: bool = False,
            chat_template_kwargs: Mapping | None = None) -> str:
     """The template's rendering (as `apply_chat_template(tokenize=False)`); errors -> ValueError."""
@@ -129,16 +121,13 @@ def render(tokenizer, messages: list[dict], *, tools: list[dict] | None = None, 
                                              add_generation_prompt=add_generation_prompt,
                                              **dict(chat_template_kwargs or {}))
     except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise DataError(f"the chat template failed on this conversation: {_one_line(exc)}") from None
+        raise DataError(f"the chat template failed on this conversation: {one_line(exc)}") from None
 
 
 def special_tokens(tokenizer) -> dict[str, int]:
     """All special tokens (including added ones flagged special) -> id."""
     out = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
-    for i, tok in tokenizer.added_tokens_decoder.items():
-        if tok.special:
-            out[tok.content] = i
-    return out
+    return {**out, **{tok.content: i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}}
 
 
 def _first_special_after(text: str, specials: Sequence[str]) -> str | None:
@@ -164,8 +153,7 @@ def end_of_turn_markers(tokenizer, chat_template_kwargs: Mapping | None = None) 
     if template in cache:
         return list(cache[template])
     specials = list(special_tokens(tokenizer))
-    probe = [{"role": "user", "content": _PROBE_Q}, {"role": "assistant", "content": _PROBE_A}]
-    text = render(tokenizer, probe, chat_template_kwargs=chat_template_kwargs)
+    text = render(tokenizer, _PROBE, chat_template_kwargs=chat_template_kwargs)
     at = text.rfind(_PROBE_A)
     first = _first_special_after(text[at + len(_PROBE_A):], specials) if at >= 0 else None
     if first is None:
@@ -176,7 +164,7 @@ def end_of_turn_markers(tokenizer, chat_template_kwargs: Mapping | None = None) 
         call = {"role": "assistant", "tool_calls": [
             {"type": "function", "id": "abcdefghi", "function": {"name": _PROBE_TOOL, "arguments": {"x": 1}}}]}
         try:
-            text = render(tokenizer, probe[:1] + [call], chat_template_kwargs=chat_template_kwargs)
+            text = render(tokenizer, _PROBE[:1] + [call], chat_template_kwargs=chat_template_kwargs)
         except DataError:  # a template that cannot render a bare tool call: no separate marker to find
             text = ""
         at = text.rfind(_PROBE_TOOL)
@@ -210,7 +198,7 @@ def header_merges(tokenizer, chat_template_kwargs: Mapping | None = None) -> lis
     trailing whitespace differently when text follows (`\\n\\n` alone vs `\\n` `\\n`). At inference
     the model then continues from tokens it never saw there in training. Answers that start with
     whitespace are the documented case of `mask.span_labels`."""
-    question = [{"role": "user", "content": _PROBE_Q}]
+    question = _PROBE[:1]
     prompt = render(tokenizer, question, add_generation_prompt=True, chat_template_kwargs=chat_template_kwargs)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     merges = []
@@ -246,8 +234,7 @@ def template_notes(tokenizer, chat_template_kwargs: Mapping | None = None) -> li
     bare = tokenizer("x", add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
     if bos is not None and added[:1] == [bos] and bare[:1] != [bos]:
-        text = render(tokenizer, [{"role": "user", "content": _PROBE_Q}, {"role": "assistant", "content": _PROBE_A}],
-                      chat_template_kwargs=chat_template_kwargs)
+        text = render(tokenizer, _PROBE, chat_template_kwargs=chat_template_kwargs)
         if not text.startswith(tokenizer.bos_token):
             notes.append(f"the tokenizer adds BOS {tokenizer.bos_token} but the chat template does not write it; "
                          "rows and prompts follow the template (no BOS)")

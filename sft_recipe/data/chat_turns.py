@@ -45,16 +45,9 @@ from typing import Any
 import jinja2
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from ..errors import DataError
-from .chat_template import (
-    _one_line,
-    check_tool_support,
-    end_of_turn_markers,
-    render,
-    template_source,
-)
-from .literal import encode as encode_literal
-from .literal import literal_spans, message_texts, special_pattern
+from ..errors import DataError, one_line
+from .chat_template import check_tool_support, end_of_turn_markers, render, template_source
+from .literal import encode as encode_literal, literal_spans, message_texts, special_pattern
 from .mask import span_labels
 from .turn_location import Anchors, TurnLocator
 from ..formats.conversation import normalise_messages
@@ -85,7 +78,7 @@ def _generation_spans(tokenizer, messages, tools, kwargs, template) -> tuple[str
             add_generation_prompt=False, **{**tokenizer.special_tokens_map, **{k: v for k, v in kwargs.items()
                                                                             if k != "chat_template"}})
     except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise DataError(f"the chat template failed on this conversation: {_one_line(exc)}") from None
+        raise DataError(f"the chat template failed on this conversation: {one_line(exc)}") from None
     return rendered[0], [tuple(s) for s in indices[0]]
 
 
@@ -196,7 +189,8 @@ def _search_turn(whole: str, message: dict, i: int, pos: int, prompt: str, histo
     return (after if after > pos else at), at + len(key)
 
 
-def tokenize_turns(tokenizer, whole: str, turns: Sequence[Turn], messages: Sequence[dict]) -> tuple[list[int], list[int]]:
+def tokenize_turns(tokenizer, whole: str, turns: Sequence[Turn],
+                   messages: Sequence[dict]) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of a rendering; special-token spellings inside the messages stay text."""
     literal = literal_spans(whole, message_texts(messages), special_pattern(tokenizer))
     ids, offsets = encode_literal(tokenizer, whole, literal)

@@ -6,6 +6,7 @@ shift labels: Hugging Face causal LMs shift inside the model (or inside our loss
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,11 +75,8 @@ def unpack(feature: dict[str, Any]) -> list[dict[str, Any]]:
     """A `packing: bfd` bin (rows concatenated, with `row_lengths`) back into its rows; a row as is."""
     if "row_lengths" not in feature:
         return [{"input_ids": feature["input_ids"], "labels": feature["labels"]}]
-    rows, start = [], 0
-    for n in feature["row_lengths"]:
-        rows.append({"input_ids": feature["input_ids"][start:start + n], "labels": feature["labels"][start:start + n]})
-        start += n
-    return rows
+    ids, labels, starts = feature["input_ids"], feature["labels"], [0, *itertools.accumulate(feature["row_lengths"])]
+    return [{"input_ids": ids[a:b], "labels": labels[a:b]} for a, b in zip(starts, starts[1:])]
 
 
 def make_collator(packing: bool | str, pad_token_id: int, pad_to_multiple_of: int | None = None,

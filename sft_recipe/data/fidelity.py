@@ -77,12 +77,11 @@ def lost_pieces(whole: str, messages: list[dict], tools: list[dict] | None) -> l
     and HTML-escaped markup (`&#34;`) that the row never wrote (the model would learn to emit it)."""
     flat, reader = squeeze(whole), Reader(whole)
     lost: list[tuple[str, str]] = []
-    entities: list[str] = []
     if _ENTITY.search(whole):  # rare: only then is what the row wrote worth serialising
         written = " ".join(json.dumps(m, ensure_ascii=False) for m in messages) + json.dumps(tools or [])
         entities = sorted({e for e in _ENTITY.findall(whole) if e not in written})
-    if entities:
-        lost.append(("escaped markup", f"the rendering ({' '.join(entities)})"))
+        if entities:
+            lost.append(("escaped markup", f"the rendering ({' '.join(entities)})"))
     for i, message in enumerate(messages):
         role, content = message["role"], message.get("content")
         reasoning = message.get("reasoning_content")  # written before the answer

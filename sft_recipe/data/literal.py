@@ -44,8 +44,13 @@ def literal_spans(rendering: str, texts: Iterable[str], specials: re.Pattern[str
         while at >= 0:
             spans.update((at + a, at + b) for a, b in inside)
             at = rendering.find(text, at + 1)
+    return merge_spans(spans)  # a text found twice, overlapping itself: one span
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The spans in order, overlapping ones joined into one."""
     merged: list[tuple[int, int]] = []
-    for start, end in sorted(spans):  # a text found twice, overlapping itself: one span
+    for start, end in sorted(spans):
         if merged and start < merged[-1][1]:
             merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
         else:
@@ -75,13 +80,13 @@ def _piece(tokenizer, piece: str, as_text: bool, first: bool) -> tuple[list[int]
     character whose tokens are then dropped: SentencePiece-style tokenizers would otherwise give it
     the prefix space of a text's first word."""
     anchor = "" if first else "\n"
-    enc = tokenizer(anchor + piece, add_special_tokens=False, return_offsets_mapping=True,
-                    split_special_tokens=as_text)
+    enc = tokenizer(anchor + piece, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=as_text)
     pairs = list(zip(enc["input_ids"], enc["offset_mapping"]))
     if anchor and any(a < len(anchor) < b for _, (a, b) in pairs):  # the anchor merged into the piece
         enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=as_text)
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-    kept = [(i, (a - len(anchor), b - len(anchor))) for i, (a, b) in pairs if b > len(anchor) or a >= len(anchor) and b > a]
+    kept = [(i, (a - len(anchor), b - len(anchor))) for i, (a, b) in pairs
+            if b > len(anchor) or a >= len(anchor) and b > a]
     return [i for i, _ in kept], [o for _, o in kept]
 
 

@@ -43,6 +43,7 @@ import datasets
 import pyarrow as pa
 
 from ..errors import DataError
+from .literal import merge_spans
 
 IGNORE_INDEX = -100
 DROP_UNANSWERED, DROP_EMPTY, DROP_TOO_LONG = "unanswered", "empty", "too_long"
@@ -64,13 +65,8 @@ def build_example(prompt_ids: list[int], completion_ids: list[int], max_length: 
     room = max_length - len(prompt_ids)
     if room < 1 or not completion_ids:
         return None
-    truncated = len(completion_ids) > room
-    completion_ids = completion_ids[:room]
-    return Example(
-        input_ids=prompt_ids + completion_ids,
-        labels=[IGNORE_INDEX] * len(prompt_ids) + completion_ids,
-        truncated=truncated,
-    )
+    kept = completion_ids[:room]
+    return Example(prompt_ids + kept, [IGNORE_INDEX] * len(prompt_ids) + kept, truncated=len(completion_ids) > room)
 
 
 def span_labels(text: str, ids: list[int], offsets: Sequence[tuple[int, int]],
@@ -85,13 +81,8 @@ def span_labels(text: str, ids: list[int], offsets: Sequence[tuple[int, int]],
     # Overlapping spans merged (the same tokens qualify), then only the spans ending after a token
     # starts and starting before it ends can hold it, found by bisection: a long conversation costs
     # tokens x log(turns), not tokens x turns.
-    merged: list[tuple[int, int]] = []
-    for s, e in sorted(spans):
-        if merged and s < merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
-        else:
-            merged.append((s, e))
-    spans, ends = merged, [e for _, e in merged]
+    spans = merge_spans(spans)
+    ends = [e for _, e in spans]
     for n, (a, b) in enumerate(offsets):
         j = bisect.bisect_right(ends, a)
         while j < len(spans) and spans[j][0] < max(b, a + 1):
@@ -113,23 +104,15 @@ def _in_span(text: str, a: int, b: int, s: int, e: int) -> bool:
 def fit_turns(input_ids: list[int], labels: list[int], max_length: int) -> tuple[Example | None, str]:
     """A conversation row cut to `max_length` by rule 7, or (None, drop reason). A trained turn is a
     maximal run of trained labels (turns are always separated by an untrained header)."""
-    runs, n = [], 0
-    while n < len(labels):
-        if labels[n] == IGNORE_INDEX:
-            n += 1
-            continue
-        start = n
-        while n < len(labels) and labels[n] != IGNORE_INDEX:
-            n += 1
-        runs.append((start, n))
-    if not runs:
+    trained = [label != IGNORE_INDEX for label in labels]
+    if not any(trained):
         return None, DROP_EMPTY
     if len(input_ids) <= max_length:
         return Example(list(input_ids), list(labels), truncated=False), ""
-    whole = [end for _, end in runs if end <= max_length]
+    whole = [n for n in range(1, max_length + 1) if trained[n - 1] and not trained[n]]  # turn ends that fit
     if whole:
         cut = whole[-1]
-    elif runs[0][0] < max_length:
+    elif trained.index(True) < max_length:
         cut = max_length  # a half turn: the only way to keep any trainable token
     else:
         return None, DROP_TOO_LONG
@@ -140,10 +123,8 @@ def to_blocks(ids, max_length: int, name: str):
     """`[n_blocks, max_length]` rows with labels == input_ids, sharing one Arrow buffer."""
     n_blocks = len(ids) // max_length
     if n_blocks == 0:
-        raise DataError(
-            f"the {name} split has {len(ids)} tokens, fewer than one block of max_length={max_length}; "
-            "use more text, a smaller max_length or a different eval_fraction"
-        )
+        raise DataError(f"the {name} split has {len(ids)} tokens, fewer than one block of max_length={max_length}; "
+                        "use more text, a smaller max_length or a different eval_fraction")
     flat = pa.array(ids.slice(0, n_blocks * max_length).to_numpy(zero_copy_only=False), pa.int64())
     blocks = pa.FixedSizeListArray.from_arrays(flat, max_length)
     return datasets.Dataset(pa.table({"input_ids": blocks, "labels": blocks}))

@@ -34,8 +34,8 @@ ROW_FEATURES = datasets.Features({"input_ids": datasets.List(datasets.Value("int
 
 def source_config(config: SFTConfig, source: DataSource) -> SFTConfig:
     """The recipe as if `source` were its only `dataset:`; every per-source step reuses it."""
-    return dataclasses.replace(config, dataset=source.path, datasets=None, dataset_format=source.format,  # type: ignore[arg-type]
-                               dataset_split=source.split, dataset_config=source.config,
+    return dataclasses.replace(config, dataset=source.path, datasets=None,  # type: ignore[arg-type]
+                               dataset_format=source.format, dataset_split=source.split, dataset_config=source.config,
                                max_examples=source.max_examples, columns=source.columns)
 
 
@@ -112,7 +112,5 @@ def describe_sources(sources: dict[str, dict[str, Any]]) -> str:
         return "; ".join(f"{name} streamed (weight {s['weight']:g}: {s['share']:.1%} of items), eval {s['eval_rows']}"
                          for name, s in sources.items())
     total = sum(s["drawn"] for s in sources.values()) or 1
-    return "; ".join(
-        f"{name} {s['available']} rows -> {s['drawn']} drawn (weight {s['weight']:g}: {s['drawn'] / total:.1%}), "
-        f"eval {s['eval_rows']}" for name, s in sources.items()
-    )
+    return "; ".join(f"{name} {s['available']} rows -> {s['drawn']} drawn (weight {s['weight']:g}: "
+                     f"{s['drawn'] / total:.1%}), eval {s['eval_rows']}" for name, s in sources.items())

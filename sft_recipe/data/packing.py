@@ -28,11 +28,8 @@ class CapacityTree:
     """Counts of open bins per remaining capacity 0..max_length, with 'first capacity >= x'."""
 
     def __init__(self, max_length: int) -> None:
-        size = 1
-        while size < max_length + 1:
-            size *= 2
-        self.size = size
-        self.count = [0] * (2 * size)
+        self.size = 1 << max_length.bit_length()  # the smallest power of two above max_length
+        self.count = [0] * (2 * self.size)
 
     def add(self, capacity: int, delta: int) -> None:
         i = capacity + self.size

@@ -48,8 +48,7 @@ def prepare_data(config: SFTConfig, tokenizer) -> PreparedData:
     if config.streaming and config.datasets:  # see stream_mixture.py: one stream per source, interleaved
         return PreparedData(*prepare_stream_mixture(config, tokenizer))
     if config.streaming:  # see streaming.py: training rows made on the fly, eval rows from the stream's start
-        train, eval_, eval_raw, stats = prepare_stream(config, tokenizer)
-        return PreparedData(train, eval_, eval_raw, stats)
+        return PreparedData(*prepare_stream(config, tokenizer))
     if is_prepared(config.dataset):  # `preprocess --output`: the rows as they were prepared
         return load_prepared(config.dataset, tokenizer, config.max_length)
     data, where = cached(config, tokenizer)
@@ -102,14 +101,11 @@ def tokenize_splits(config: SFTConfig, tokenizer, raw, dropped_empty: int) -> Pr
     (train, train_stats), (eval_, eval_stats) = (encode_rows(part, tokenizer, config, report)
                                                  for part in (train_raw, eval_raw))
     enforce_fidelity(report, config)
-    stats = {"train": train_stats, "eval": eval_stats}
-    stats["train"] = stats["train"].add(TokenStats(rows=dropped_empty, dropped_empty=dropped_empty))
+    stats = {"train": train_stats.add(TokenStats(rows=dropped_empty, dropped_empty=dropped_empty)), "eval": eval_stats}
     for name, part in (("train", train), ("eval", eval_)):
         if len(part) == 0:
-            raise DataError(
-                f"{source}: the {name} split is empty after filtering ({stats[name].summary()}); "
-                f"raise max_length (now {config.max_length}) or check the data"
-            )
+            raise DataError(f"{source}: the {name} split is empty after filtering ({stats[name].summary()}); "
+                            f"raise max_length (now {config.max_length}) or check the data")
     return PreparedData(train, eval_, eval_raw, {k: v.to_dict() for k, v in stats.items()})
 
 
@@ -131,7 +127,8 @@ def describe_stats(stats: dict[str, Any]) -> str:
                      if name in ("train", "eval"))
     if "packing" in stats:
         p = stats["packing"]
-        line += f"; packed {p['rows']} train rows into {p['bins']} bins of {p['max_length']} tokens, {p['fill']:.1%} full"
+        line += (f"; packed {p['rows']} train rows into {p['bins']} bins of {p['max_length']} tokens, "
+                 f"{p['fill']:.1%} full")
     return f"{line}; sources: {describe_sources(stats['sources'])}" if "sources" in stats else line
 
 

@@ -53,10 +53,6 @@ class PreparedData:
     eval_parts: dict[str, Any] | None = None  # a mixture's held-out rows per source name
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SFT_RECIPE_CACHE", Path.home() / ".cache" / "sft_recipe")) / "prepared"
-
-
 _TOKENIZER_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -144,8 +140,9 @@ def save_prepared(data: PreparedData, directory: str | Path, fingerprint: str | 
     for name, part in (data.eval_parts or {}).items():
         part.save_to_disk(str(tmp / "eval_parts" / name))
     files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
-    manifest = {"files": files, "stats": data.stats, "fingerprint": fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer),
-                "eval_parts": sorted(data.eval_parts or {}), "version": __version__}
+    manifest = {"files": files, "stats": data.stats, "fingerprint": fingerprint,
+                "tokenizer": tokenizer_fingerprint(tokenizer), "eval_parts": sorted(data.eval_parts or {}),
+                "version": __version__}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
     if directory.exists() and replace:
         shutil.rmtree(directory)
@@ -200,7 +197,8 @@ def cached(config: SFTConfig, tokenizer) -> tuple[PreparedData | None, Path | No
     fingerprint = data_fingerprint(config, tokenizer) if config.cache_prepared_data else None
     if fingerprint is None:
         return None, None
-    where = cache_root() / fingerprint[:32]
+    root = Path(os.environ.get("SFT_RECIPE_CACHE", Path.home() / ".cache" / "sft_recipe"))
+    where = root / "prepared" / fingerprint[:32]
     if not is_prepared(where):
         return None, where
     problem = damage(where)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from typing import Any
 
 
-
 @dataclass
 class TokenStats:
-    """What preprocessing did to the data; logged at start and saved with the run."""
-
     rows: int = 0
     kept: int = 0
     truncated: int = 0
@@ -29,12 +27,9 @@ class TokenStats:
         return TokenStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
     def summary(self) -> str:
-        return (
-            f"rows {self.rows}: kept {self.kept}, truncated {self.truncated}, dropped {self.dropped_empty} "
-            f"empty + {self.dropped_too_long} prompt too long + {self.dropped_other} other "
-            f"(+{self.dropped_tokens} tail tokens); "
-            f"{self.tokens} tokens, {self.trainable_share:.1%} trainable"
-        )
+        return (f"rows {self.rows}: kept {self.kept}, truncated {self.truncated}, dropped {self.dropped_empty} "
+                f"empty + {self.dropped_too_long} prompt too long + {self.dropped_other} other "
+                f"(+{self.dropped_tokens} tail tokens); {self.tokens} tokens, {self.trainable_share:.1%} trainable")
 
     def to_dict(self) -> dict[str, Any]:
         return {**{f.name: getattr(self, f.name) for f in fields(self)}, "trainable_share": self.trainable_share}
@@ -47,7 +42,4 @@ class TokenStats:
 
 def total_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The `to_dict` counts of several sources, added up (a mixture's train or eval line)."""
-    total = TokenStats()
-    for part in parts:
-        total = total.add(TokenStats.from_dict(part))
-    return total.to_dict()
+    return functools.reduce(TokenStats.add, map(TokenStats.from_dict, parts), TokenStats()).to_dict()

@@ -142,7 +142,8 @@ def row_encoder(config: SFTConfig, tokenizer, where: str) -> Encode:
     fmt, columns = config.dataset_format, config.columns
     if config.form is Form.TEXT:
         encode_text = text_encoder(tokenizer, not is_one_text(config.dataset or ""))
-        return lambda raw, n: encode_text({"text": [canonical_row(raw, fmt, columns, f"{where}: row {n}")["text"]]})["ids"][0]
+        return lambda raw, n: encode_text(
+            {"text": [canonical_row(raw, fmt, columns, f"{where}: row {n}")["text"]]})["ids"][0]
     encoder = RowEncoder(tokenizer, config)
     return lambda raw, n: encoder(canonical_row(raw, fmt, columns, f"{where}: row {n}"), n)
 
@@ -221,7 +222,8 @@ def prepare_stream(config: SFTConfig, tokenizer) -> tuple[Any, Any, Any, dict[st
     eval_rows, eval_raw, used, eval_stats = held_out(stream, encode, config, where)
     state = PartialState()
     train_source = node_share(stream, used, state.process_index, state.num_processes)
-    train = TokenStream(train_source, audited(encode, config, FidelityReport(where)), config.max_length if config.form is Form.TEXT else None,
+    train = TokenStream(train_source, audited(encode, config, FidelityReport(where)),
+                        config.max_length if config.form is Form.TEXT else None,
                         history=history_size(config), where=where)
     stats = {"eval": eval_stats.to_dict(),
              "streaming": {"held_out_source_rows": used, "processes": state.num_processes}}

@@ -12,7 +12,6 @@ import logging
 import os
 from typing import Callable
 
-
 from ..errors import DataError
 from .mask import to_blocks
 from .prepared import map_fingerprint
@@ -47,14 +46,6 @@ def prompt_ids_without_eos(tokenizer) -> Callable[[list[str]], list[list[int]]]:
     return encode
 
 
-def map_rows(dataset, encode: Callable[[dict[str, list]], dict[str, list]], num_proc: int | None,
-             fingerprint: str | None = None):
-    return dataset.map(
-        encode, batched=True, remove_columns=dataset.column_names,
-        num_proc=resolve_num_proc(num_proc, len(dataset)), desc="Tokenizing", new_fingerprint=fingerprint,
-    )
-
-
 def tokenize_text(dataset, tokenizer, max_length: int, eval_fraction: float, *, add_eos: bool,
                   num_proc: int | None = None):
     """Whole-corpus tokenization, a split by token position, and fixed-size blocks.
@@ -70,10 +61,8 @@ def tokenize_text(dataset, tokenizer, max_length: int, eval_fraction: float, *, 
     for name, ids in (("train", stream[:split]), ("eval", stream[split:])):
         parts[name] = to_blocks(ids, max_length, name)
         n_tokens = len(parts[name]) * max_length
-        stats[name] = TokenStats(
-            rows=len(parts[name]), kept=len(parts[name]), tokens=n_tokens, trainable_tokens=n_tokens,
-            dropped_tokens=len(ids) - n_tokens,  # the partial block at the end
-        )
+        stats[name] = TokenStats(rows=len(parts[name]), kept=len(parts[name]), tokens=n_tokens,
+                                 trainable_tokens=n_tokens, dropped_tokens=len(ids) - n_tokens)  # the partial block
         log.info("%s: %d tokens -> %d blocks of %d (%d tokens in the partial block dropped)",
                  name, len(ids), len(parts[name]), max_length, len(ids) - n_tokens)
     return parts["train"], parts["eval"], stats
@@ -92,8 +81,9 @@ def encode_text(dataset, tokenizer, *, add_eos: bool, num_proc: int | None = Non
     For a .txt read line by line (`keep_linebreaks`), the only difference from tokenizing the file
     in one piece is that a run of newlines is split at line ends: BPE merges never cross a row.
     """
-    return map_rows(dataset, text_encoder(tokenizer, add_eos), num_proc,
-                    map_fingerprint(dataset, tokenizer, "text", add_eos))
+    return dataset.map(text_encoder(tokenizer, add_eos), batched=True, remove_columns=dataset.column_names,
+                       num_proc=resolve_num_proc(num_proc, len(dataset)), desc="Tokenizing",
+                       new_fingerprint=map_fingerprint(dataset, tokenizer, "text", add_eos))
 
 
 def text_encoder(tokenizer, add_eos: bool) -> Callable[[dict[str, list]], dict[str, list]]:

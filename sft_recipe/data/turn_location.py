@@ -41,10 +41,7 @@ def with_sentinels(message: dict, j: int) -> dict:
 
 
 def _tail_after_last_sentinel(text: str) -> str:
-    last = None
-    for last in _SENTINEL_RE.finditer(text):
-        pass
-    return text[last.end():] if last else text
+    return text[max((m.end() for m in _SENTINEL_RE.finditer(text)), default=0):]
 
 
 def _ambiguous(whole: str, literals: list[str]) -> bool:

@@ -10,10 +10,9 @@ Pure Python over rows and `datasets` objects handed in: nothing here imports tor
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from ..errors import RecipeError
+from ..errors import RecipeError, did_you_mean
 from .alpaca import ALPACA
 from .base import Form, Format, describe_mapping, map_columns, map_row_columns
 from .messages import MESSAGES
@@ -41,18 +40,12 @@ def format_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def is_format(name: Any) -> bool:
-    return isinstance(name, str) and name in _REGISTRY
-
-
 def get_format(name: str, key: str = "dataset_format") -> Format:
     """The adapter named `name`, or a one-line RecipeError naming the recipe `key`."""
-    if is_format(name):
+    if isinstance(name, str) and name in _REGISTRY:
         return _REGISTRY[name]
-    close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1, cutoff=0.6)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise RecipeError(f"recipe key '{key}' expects one of {', '.join(repr(n) for n in _REGISTRY)}, "
-                      f"got {name!r}{hint}")
+                      f"got {name!r}{did_you_mean(name, _REGISTRY)}")
 
 
 def form_of(name: str) -> Form:
@@ -82,4 +75,4 @@ def prompt_format(names: list[str]) -> str:
 
 
 __all__ = ["DEFAULT_FORMAT", "Form", "Format", "canonical_row", "describe_mapping", "form_of", "format_names",
-           "get_format", "is_format", "map_columns", "normalise", "prompt_format", "register"]
+           "get_format", "map_columns", "normalise", "prompt_format", "register"]

@@ -8,8 +8,8 @@ JSON schemas (or a JSON string of one).
 
 Keys whose value is None are dropped, recursively: Hugging Face `datasets` unifies struct fields
 across rows, so mapping-valued arguments and tool schemas arrive with every other row's keys set
-to None. List items that are None are the user's and stay. JSON strings are parsed after that, so a dataset that needs an explicit null argument
-passes its arguments (or tools) as JSON strings.
+to None. List items that are None are the user's and stay. JSON strings are parsed after that, so a
+dataset that needs an explicit null argument passes its arguments (or tools) as JSON strings.
 """
 
 from __future__ import annotations
@@ -19,13 +19,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import DataError
+from .base import kind
 
 ROLES = ("system", "user", "assistant", "tool")
 REASONING_ALIASES = ("reasoning_content", "reasoning", "thinking")
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 def _drop_none(value: Any) -> Any:
@@ -55,7 +52,8 @@ def _normalise_tools(tools: Any) -> list[dict] | None:
     if from_json:
         tools = _json_object(tools, "tools")  # explicit nulls kept
     if not isinstance(tools, (list, tuple)):
-        raise DataError(f"key 'tools' must be a list of JSON schemas (or a JSON string of one), got {type(tools).__name__}")
+        raise DataError(f"key 'tools' must be a list of JSON schemas (or a JSON string of one), "
+                        f"got {type(tools).__name__}")
     out = []
     for k, tool in enumerate(tools):
         tool = tool if from_json else _json_object(tool, f"tools[{k}]")
@@ -104,7 +102,7 @@ def normalise_messages(messages: Any, tools: Any = None, keep_text_arguments: bo
     (the caller adds the file and row). `keep_text_arguments`: JSON-string arguments are checked but
     stay text (`data.chat_rows` gives a template the form it renders faithfully)."""
     if not isinstance(messages, (list, tuple)):
-        raise DataError(f"key 'messages' must be a list of {{role, content}}, got {_kind(messages)}")
+        raise DataError(f"key 'messages' must be a list of {{role, content}}, got {kind(messages)}")
     out = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
@@ -134,8 +132,7 @@ def normalise_messages(messages: Any, tools: Any = None, keep_text_arguments: bo
             del m["content"]  # OpenAI convention: a tool-call turn has no content
         elif not isinstance(content, str):
             if not (role == "assistant" and "tool_calls" in m and content is None):
-                kind = "null" if content is None else type(content).__name__
-                raise DataError(f"key '{where}.content' must be a string, got {kind}")
+                raise DataError(f"key '{where}.content' must be a string, got {kind(content)}")
         for key in ("tool_call_id", "name"):
             if key in m and not isinstance(m[key], str):
                 raise DataError(f"key '{where}.{key}' must be a string")

@@ -27,7 +27,8 @@ def prompt_completion_to_messages(row: dict[str, Any], index: int = 0, source: s
         raise DataError(f"{source}: row {index + 1}: key 'completion' must be a string or a list of messages, "
                         f"got {type(completion).__name__}")
     if not isinstance(row["prompt"], list):
-        raise DataError(f"{source}: row {index + 1}: key 'prompt' must be a list of messages, got {kind(row['prompt'])}")
+        raise DataError(f"{source}: row {index + 1}: key 'prompt' must be a list of messages, "
+                        f"got {kind(row['prompt'])}")
     return {"messages": list(row["prompt"]) + list(completion or [])}
 
 
@@ -39,11 +40,10 @@ class PromptCompletion(Format):
     help = "prompt and completion strings, no template (or both as message lists: a conversation)"
 
     def to_form(self, row: dict[str, Any], where: str) -> dict[str, Any]:
+        self.check_columns(row, where)
         if isinstance(row.get("prompt"), list):
-            self.check_columns(row, where)
             messages = prompt_completion_to_messages(row, 0, where)["messages"]
             return MESSAGES.to_form({"messages": messages, "tools": row.get("tools")}, where)
-        self.check_columns(row, where)
         self.check_row_strings(row, where)
         return {"prompt": row["prompt"], "completion": row["completion"]}
 

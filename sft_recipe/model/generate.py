@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-from ..data.literal import encode as encode_literal
-from ..data.literal import literal_spans, special_pattern
+from ..data.literal import encode as encode_literal, literal_spans, special_pattern
 from ..data.tokenization import prompt_ids_without_eos
 from ..errors import UserError
 from .load import max_positions
@@ -23,14 +22,16 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
 
     Prompts are tokenized exactly as in training (see `data.tokenization.prompt_ids_without_eos`) and
     left-padded, so batched answers equal one-by-one answers. An answer stops at the model's context
-    (a longer one would index past its positions); an empty or too long prompt is a UserError. Rendered chat prompts already hold
-    the template's BOS: pass `add_special_tokens=False` for them, as in training. `user_text`: what the
-    user typed, in which a special token's spelling stays text (`data/literal.py`), as in training.
+    (a longer one would index past its positions); an empty or too long prompt is a UserError.
+    Rendered chat prompts already hold the template's BOS: pass `add_special_tokens=False` for them,
+    as in training. `user_text`: what the user typed, in which a special token's spelling stays text
+    (`data/literal.py`), as in training.
     """
     encode = prompt_ids_without_eos(tokenizer) if add_special_tokens else \
         (lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"])
     specials = special_pattern(tokenizer)
-    if user_text and not add_special_tokens and specials is not None and any(specials.search(t) for t in user_text):  # as in training: the user's text is text
+    # As in training: the user's text is text.
+    if user_text and not add_special_tokens and specials is not None and any(specials.search(t) for t in user_text):
         encode = (lambda texts: [encode_literal(tokenizer, p, literal_spans(p, user_text, specials))[0]  # noqa: E731
                                  for p in texts])
     stops = stop_token_ids or [tokenizer.eos_token_id]
@@ -50,14 +51,10 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
         new_tokens = max_new_tokens if context is None else min(max_new_tokens, context - width)
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids], device=device)
         attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
-        sampling: dict[str, Any] = (
-            {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0
-            else {"do_sample": False}
-        )
-        out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
-            eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, **sampling,
-        )
+        sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_p": top_p} \
+            if temperature > 0 else {"do_sample": False}
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
+                             eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, **sampling)
         for row in out[:, width:].tolist():
             cut = next((i for i, t in enumerate(row) if t in stops), len(row))
             answers.append(tokenizer.decode(row[:cut], skip_special_tokens=True))

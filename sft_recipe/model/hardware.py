@@ -11,10 +11,6 @@ import importlib.util
 import torch
 
 
-def on_gpu() -> bool:
-    return torch.cuda.is_available()
-
-
 def resolve_precision(precision: str) -> str:
     """`auto` means bf16 on a GPU that supports it and fp32 everywhere else (CPU stays fp32)."""
     if precision != "auto":

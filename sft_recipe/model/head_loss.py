@@ -42,9 +42,7 @@ from .chunked_loss import ChunkedLinearCrossEntropy
 
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     """The decoder stack and LM head of a plain causal LM, or None if the fast loss can't apply."""
-    inner = model
-    if hasattr(inner, "get_base_model"):  # peft
-        inner = inner.get_base_model()
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
     config = getattr(inner, "config", None)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     # The module whose output the head reads: `get_decoder` where the model names it (OPT runs its
@@ -53,14 +51,10 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     decoder = get_decoder() if callable(get_decoder) else None
     if decoder is None or decoder is head or not isinstance(decoder, nn.Module):  # ModernBERT: `decoder` is its head
         decoder = getattr(inner, "base_model", None)
-    if config is None or type(head) is not nn.Linear or decoder is None or decoder is inner:
+    scaled = any(getattr(config, n, None) for n in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+    if config is None or type(head) is not nn.Linear or decoder is None or decoder is inner or scaled:
         return None
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) \
-            or getattr(config, "logits_scaling", None):
-        return None
-    if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
-        return None
-    return decoder, head
+    return (decoder, head) if "logits_to_keep" in inspect.signature(inner.forward).parameters else None
 
 
 def trainable_token_loss(model: nn.Module, parts: tuple[nn.Module, nn.Linear], inputs: dict[str, torch.Tensor],
@@ -94,8 +88,7 @@ def trainable_token_loss(model: nn.Module, parts: tuple[nn.Module, nn.Linear], i
     if not torch.is_grad_enabled():
         # Evaluation: `needs_input_grad` follows requires_grad, not the grad mode, so detach
         # to skip the gradient buffers (and have the accuracy counted).
-        selected, weight = selected.detach(), weight.detach()
-        bias = bias.detach() if bias is not None else None
+        selected, weight, bias = (t.detach() if t is not None else None for t in (selected, weight, bias))
     loss, correct = ChunkedLinearCrossEntropy.apply(selected, weight, bias, targets[keep], chunk_size, into_grad,
                                                     scale, eager)
     return loss, correct, int(keep.sum())
@@ -168,8 +161,7 @@ def loss_inside_head(head: nn.Module, labels: torch.Tensor, chunk_size: int) -> 
         weight, bias = head.weight, getattr(head, "bias", None)
         selected = hidden[:, :-1][keep]
         if not torch.is_grad_enabled():  # evaluation: no gradient buffers, accuracy counted
-            selected, weight = selected.detach(), weight.detach()
-            bias = bias.detach() if bias is not None else None
+            selected, weight, bias = (t.detach() if t is not None else None for t in (selected, weight, bias))
         loss_sum, correct = ChunkedLinearCrossEntropy.apply(selected, weight, bias, selected_targets, chunk_size)
         result["correct"] = correct
         return loss_sum.reshape(1, 1, 1).clone()  # a fresh tensor: FSDP2 hooks no views
@@ -184,8 +176,8 @@ def loss_inside_head(head: nn.Module, labels: torch.Tensor, chunk_size: int) -> 
             del head.forward
 
 
-def head_trainable_token_loss(model: nn.Module, head: nn.Module, inputs: dict[str, torch.Tensor],
-                              chunk_size: int, extras: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def head_trainable_token_loss(model: nn.Module, head: nn.Module, inputs: dict[str, torch.Tensor], chunk_size: int,
+                              extras: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """`trainable_token_loss` computed inside `head`'s forward: correct under FSDP2 and ZeRO-3, where
     the head's weight is sharded outside it. Same return value; `model` may be wrapped."""
     labels = inputs["labels"]

@@ -67,16 +67,7 @@ def max_positions(model_config) -> int | None:
 def check_model(config: SFTConfig, tokenizer) -> None:
     """Before any data is tokenized: the model exists, and its positions and vocabulary fit the recipe."""
     if config.from_scratch:
-        kwargs = dict(config.model_config or {})
-        vocab = kwargs.get("vocab_size")
-        if vocab is not None and vocab < len(tokenizer):  # e.g. a chat template added special tokens
-            raise UserError(f"model_config: vocab_size {vocab} is smaller than the tokenizer's "
-                            f"{len(tokenizer)} tokens; leave vocab_size out to use the tokenizer's")
-        try:
-            model_config = AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise UserError(f"model_config: {one_line(exc)}") from None
-        where = "model_config"
+        model_config, where = scratch_config(config, tokenizer), "model_config"
     else:
         assert config.model_name is not None
         check_local_or_hub(config.model_name, "model")
@@ -91,12 +82,29 @@ def check_model(config: SFTConfig, tokenizer) -> None:
                           f"model ({where}); set max_length to at most {limit}")
 
 
+def scratch_config(config: SFTConfig, tokenizer):
+    """`model_config` as a transformers config; vocabulary size and special ids the tokenizer's where unset."""
+    kwargs = dict(config.model_config or {})
+    model_type = kwargs.pop("model_type")
+    vocab = kwargs.setdefault("vocab_size", len(tokenizer))
+    if vocab is not None and vocab < len(tokenizer):  # e.g. a chat template added special tokens
+        raise UserError(f"model_config: vocab_size {vocab} is smaller than the tokenizer's "
+                        f"{len(tokenizer)} tokens; leave vocab_size out to use the tokenizer's")
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        kwargs.setdefault(name, getattr(tokenizer, name) or tokenizer.eos_token_id)
+    try:
+        return AutoConfig.for_model(model_type, **kwargs)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"model_config: {one_line(exc)}") from None
+
+
 def choose_pad_token(tokenizer) -> str | None:
     """A pad token for a tokenizer that has none (Llama 3): a special token of the vocabulary whose
     name says pad (`<|finetune_right_pad_id|>`, `<pad>`), else EOS. Padding is labelled -100 *by
     position* in the collator, never by id, so no choice can mask a trained token (EOS or an
     end-of-turn marker that shares the id stays trained); a dedicated pad just keeps the two apart."""
-    pads = sorted(t.content for t in tokenizer.added_tokens_decoder.values() if t.special and "pad" in t.content.lower())
+    pads = sorted(t.content for t in tokenizer.added_tokens_decoder.values()
+                  if t.special and "pad" in t.content.lower())
     return pads[0] if pads else tokenizer.eos_token
 
 
@@ -139,21 +147,11 @@ def load_model(config: SFTConfig, tokenizer, new_token_ids: Sequence[int] = ()):
     dtype = torch.bfloat16 if precision == "bf16" and config.lora is not None else torch.float32
     attn = config.attn_implementation
     if config.from_scratch:
-        kwargs = dict(config.model_config or {})
-        model_type = kwargs.pop("model_type")
-        kwargs.setdefault("vocab_size", len(tokenizer))
-        if kwargs["vocab_size"] < len(tokenizer):  # e.g. a chat template added special tokens
-            raise UserError(f"model_config: vocab_size {kwargs['vocab_size']} is smaller than the tokenizer's "
-                            f"{len(tokenizer)} tokens; leave vocab_size out to use the tokenizer's")
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            kwargs.setdefault(name, getattr(tokenizer, name) or tokenizer.eos_token_id)
-        try:
-            model_config = AutoConfig.for_model(model_type, **kwargs)
-        except (ValueError, TypeError) as exc:
-            raise UserError(f"model_config: {one_line(exc)}") from None
+        model_config = scratch_config(config, tokenizer)
         model = with_attention(lambda a: AutoModelForCausalLM.from_config(model_config, attn_implementation=a,
                                                                           dtype=dtype), attn, "model_config")
-        log.info("built %s from config: %.2fM parameters", model_type, model.num_parameters() / 1e6)
+        log.info("built %s from config: %.2fM parameters", config.model_config["model_type"],  # type: ignore[index]
+                 model.num_parameters() / 1e6)
         return model
     name = config.model_name
     assert name is not None
@@ -188,10 +186,8 @@ def load_for_inference(model_dir: str | Path):
         if isinstance(base, str):
             check_local_or_hub(base, "the LoRA base model")
     try:
-        if adapter.is_file():
-            model = peft_module().AutoPeftModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True)
+        auto = peft_module().AutoPeftModelForCausalLM if adapter.is_file() else AutoModelForCausalLM
+        model = auto.from_pretrained(str(model_dir), use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise UserError(f"{model_dir}: cannot load model ({one_line(exc)})") from None
     model.eval()

@@ -50,10 +50,8 @@ def wrap_lora(model, lora: LoraSettings | dict):
     if values.load_in_4bit:
         # Casts norms to fp32 and enables input grads so gradient checkpointing works on a frozen 4-bit base.
         model = peft.prepare_model_for_kbit_training(model)
-    peft_config = peft.LoraConfig(
-        task_type="CAUSAL_LM", r=values.r, lora_alpha=values.alpha, lora_dropout=values.dropout,
-        target_modules=values.target_modules,
-    )
+    peft_config = peft.LoraConfig(task_type="CAUSAL_LM", r=values.r, lora_alpha=values.alpha,
+                                  lora_dropout=values.dropout, target_modules=values.target_modules)
     try:
         model = peft.get_peft_model(model, peft_config)
     except ValueError as exc:  # e.g. target modules not found in the model

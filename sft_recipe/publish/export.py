@@ -9,13 +9,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from ..rundir.layout import (
-    ADAPTER_CONFIG_FILENAME,
-    CARD_FILENAME,
-    LOSS_CURVE_FILENAME,
-    RECIPE_FILENAME,
-    RESULTS_FILENAME,
-)
+from ..rundir.layout import (ADAPTER_CONFIG_FILENAME, CARD_FILENAME, LOSS_CURVE_FILENAME, RECIPE_FILENAME,
+                             RESULTS_FILENAME)
 from ..rundir.card import model_card
 from ..errors import UserError
 from ..model.lora import peft_module

@@ -11,12 +11,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ..rundir.layout import (
-    BEST_DIRNAME,
-    LOSS_CURVE_FILENAME,
-    RESULTS_FILENAME,
-    TRAIN_LOG_FILENAME,
-)
+from ..rundir.layout import BEST_DIRNAME, LOSS_CURVE_FILENAME, RESULTS_FILENAME, TRAIN_LOG_FILENAME
 from ..recipe.config import SFTConfig
 from ..formats import Form
 from ..data.builtin import EXAMPLE_PROMPT, is_builtin
@@ -31,11 +26,9 @@ def format_summary(config: SFTConfig, state, metrics: dict[str, Any], train_seco
     best = out / BEST_DIRNAME
     lines = [RULE, f"done in {duration(run_seconds)}"]
     best_step = state.best_global_step if state.best_global_step is not None else state.global_step
-    quality = [f"eval loss {metrics['eval_loss']:.4f}"] if "eval_loss" in metrics else []
-    if "eval_perplexity" in metrics:
-        quality.append(f"perplexity {metrics['eval_perplexity']:.2f}")
-    if "eval_token_accuracy" in metrics:
-        quality.append(f"token accuracy {metrics['eval_token_accuracy']:.1%}")
+    quality = [f"{label} {metrics[k]:{spec}}" for k, label, spec in (
+        ("eval_loss", "eval loss", ".4f"), ("eval_perplexity", "perplexity", ".2f"),
+        ("eval_token_accuracy", "token accuracy", ".1%")) if k in metrics]
     lines.append(f"best model   step {best_step} of {state.global_step}: {', '.join(quality)}")
     if "eval_exact_match" in metrics:
         match = f"exact match  {metrics['eval_exact_match']:.1%} on {config.generation_eval_samples} held-out prompts"
@@ -62,7 +55,8 @@ def next_commands(config: SFTConfig, best: Path) -> list[str]:
     path = shlex.quote(str(best))
     fallback = "Hello! Who are you?" if config.form is Form.CHAT else "Give three tips for staying healthy."
     instruction, text = EXAMPLE_PROMPT if is_builtin(config.dataset) else (fallback, "")
-    example = f"sft-recipe generate {path} {shlex.quote(instruction)}" + (f" --input {shlex.quote(text)}" if text else "")
+    example = f"sft-recipe generate {path} {shlex.quote(instruction)}" + \
+        (f" --input {shlex.quote(text)}" if text else "")
     if config.form is Form.TEXT:
         commands = [f"sft-recipe generate {path} {shlex.quote('Once upon a time')} --raw --temperature 0.8"]
     else:

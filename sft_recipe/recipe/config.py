@@ -9,33 +9,14 @@ rare knobs go through the `training_args` pass-through mapping. Each key is decl
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import RecipeError
+from ..errors import RecipeError, did_you_mean
 from ..formats import DEFAULT_FORMAT, Form, form_of, format_names, get_format, prompt_format
-from .keys import (
-    BATCHING,
-    BUILTIN_CALLBACKS,
-    DATA,
-    DEFAULT_CALLBACKS,
-    ESCAPE,
-    EVALUATION,
-    EXTENDS,
-    FREE,
-    MODEL,
-    OPTIMISATION,
-    fraction,
-    is_secret_key,
-    key,
-    key_table,
-    mapped_training_args,
-    non_negative,
-    positive,
-    positive_number,
-    run_checks,
-)
+from .keys import (BATCHING, BUILTIN_CALLBACKS, DATA, DEFAULT_CALLBACKS, ESCAPE, EVALUATION, EXTENDS, FREE, MODEL,
+                   OPTIMISATION, fraction, is_secret_key, key, key_table, mapped_training_args, non_negative, positive,
+                   positive_number, run_checks)
 from .lora import LoraSettings
 from .sources import DataSource, check_columns, check_sources
 
@@ -75,8 +56,7 @@ class SFTConfig:
         None, "Evaluate on a fixed, seeded sample of at most N held-out rows (blocks, for text): cheaper "
               "evaluations, e.g. the tutorial's eval_iters x batch_size.", DATA, "data", check=positive)
     max_length: int = key(512, "Longest tokenized row; block size for text.", DATA, "data", check=positive)
-    chat_template: str | None = key(None, "A .jinja file or a built-in name (chatml) for messages data.",
-                                    DATA, "data")
+    chat_template: str | None = key(None, "A .jinja file or a built-in name (chatml) for messages data.", DATA, "data")
     chat_template_kwargs: dict[str, Any] = key(
         help="Extra variables for the chat template, e.g. {enable_thinking: false} (Qwen3) or "
              "{date_string: 26 Jul 2024} (Llama 3 stamps today's date otherwise).", section=DATA, goes="data",
@@ -114,8 +94,7 @@ class SFTConfig:
         False, "Batch rows of similar length together (padded path): less padding, but batches of one length are "
                "often one kind of row, which can slow learning a lot.", BATCHING, "trainer",
         to=("train_sampling_strategy",))
-    pad_to_multiple_of: int | None = key(None, "Pad batch length to a multiple of N.", BATCHING, "data",
-                                         check=positive)
+    pad_to_multiple_of: int | None = key(None, "Pad batch length to a multiple of N.", BATCHING, "data", check=positive)
 
     # --- optimisation --------------------------------------------------------------------
     learning_rate: float = key(2e-5, "Peak learning rate.", OPTIMISATION, "trainer", to=("learning_rate",),
@@ -136,8 +115,7 @@ class SFTConfig:
     loss_chunk_size: int | None = key(
         None, "Tokens per LM-head chunk in the trainable-only loss; 0 uses the model's own loss. Default: as many as "
               "fit 256 MiB of fp32 logits on the CPU (1 GiB on a GPU), at least 128, at most 256 on the CPU.",
-        OPTIMISATION, "model", FREE,
-        check=non_negative)
+        OPTIMISATION, "model", FREE, check=non_negative)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = key(
         "auto", "auto: bf16 on GPUs that support it, else fp32.", OPTIMISATION, "trainer", to=("bf16", "fp16"))
     torch_compile: bool = key(False, "Compile the model with torch.compile.", OPTIMISATION, "trainer",
@@ -232,15 +210,12 @@ class SFTConfig:
             raise RecipeError("from_scratch: true needs 'tokenizer_name'")
         run_checks(self)  # each key's own check, as declared
         if self.save_steps % self.eval_steps:
-            raise RecipeError(
-                f"recipe key 'save_steps' ({self.save_steps}) must be a multiple of 'eval_steps' "
-                f"({self.eval_steps}) so that the best checkpoint can be kept"
-            )
+            raise RecipeError(f"recipe key 'save_steps' ({self.save_steps}) must be a multiple of 'eval_steps' "
+                              f"({self.eval_steps}) so that the best checkpoint can be kept")
         for name in self.callbacks:
             if name not in BUILTIN_CALLBACKS and "." not in name:
-                close = difflib.get_close_matches(name, BUILTIN_CALLBACKS, n=1, cutoff=0.6)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise RecipeError(f"recipe key 'callbacks': unknown callback '{name}'{hint}; built-in: "
+                raise RecipeError(f"recipe key 'callbacks': unknown callback '{name}'"
+                                  f"{did_you_mean(name, BUILTIN_CALLBACKS)}; built-in: "
                                   f"{', '.join(BUILTIN_CALLBACKS)}, or a dotted path like my_pkg.MyCallback")
         if self.push_to_hub and not self.hub_model_id:
             raise RecipeError("push_to_hub: true needs 'hub_model_id' (e.g. your-name/model-name)")
@@ -250,14 +225,13 @@ class SFTConfig:
             self.lora = LoraSettings.from_mapping(self.lora)  # `lora: {}` means LoRA with the defaults
         overlap = sorted(set(self.training_args) & MAPPED_TRAINING_ARGS)
         if overlap:
-            raise RecipeError(f"'training_args' sets {overlap}, which the recipe maps itself; set the recipe keys instead")
+            raise RecipeError(f"'training_args' sets {overlap}, which the recipe maps itself; set the recipe keys "
+                              "instead")
         secrets = sorted(k for k in self.training_args if is_secret_key(k))
         if secrets:
             # Trainer pickles its arguments into every checkpoint (training_args.bin).
-            raise RecipeError(
-                f"'training_args' sets {secrets}: credentials would be saved with every checkpoint; "
-                f"use the HF_TOKEN environment variable or `hf auth login` instead"
-            )
+            raise RecipeError(f"'training_args' sets {secrets}: credentials would be saved with every checkpoint; "
+                              f"use the HF_TOKEN environment variable or `hf auth login` instead")
 
     @property
     def resolved_eval_train_sample(self) -> bool:
@@ -278,8 +252,6 @@ class SFTConfig:
 
 # Every TrainingArguments field the recipe sets itself (a `training_args` entry may not set one).
 MAPPED_TRAINING_ARGS = mapped_training_args(SFTConfig)
-# Keys that do not set a TrainingArguments field of their own name (data, model, run, LoRA, pass-through).
-NOT_TRAINING_ARGS = frozenset(f.name for f in dataclasses.fields(SFTConfig) if f.metadata["goes"] != "trainer")
 
 if __name__ == "__main__":
     print(key_table(SFTConfig), end="")

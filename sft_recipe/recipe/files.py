@@ -7,7 +7,6 @@ typo is an error with a suggestion instead of a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from pathlib import Path
@@ -17,7 +16,7 @@ import yaml
 
 from .config import SFTConfig
 from .keys import is_secret_key
-from ..errors import RecipeError, one_line
+from ..errors import RecipeError, did_you_mean, one_line
 
 
 class KeyedRecipeError(RecipeError):
@@ -135,9 +134,7 @@ def build_config(values: dict[str, Any], where: str | dict[str, str]) -> SFTConf
     unknown = [k for k in values if k not in _FIELDS]
     if unknown:
         key = str(unknown[0])
-        close = difflib.get_close_matches(key, _FIELDS, n=1, cutoff=0.6)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise KeyedRecipeError(f"{sources.get(key, 'recipe')}: unknown recipe key '{key}'{hint}")
+        raise KeyedRecipeError(f"{sources.get(key, 'recipe')}: unknown recipe key '{key}'{did_you_mean(key, _FIELDS)}")
     checked = {k: check_type(k, v, _HINTS[k], sources.get(k, "recipe")) for k, v in values.items()}
     return SFTConfig(**checked)
 
@@ -146,9 +143,8 @@ def check_type(key: str, value: Any, hint: Any, where: str) -> Any:
     """Coerce `value` to `hint` where it is unambiguous (int→float, "1e-3"→float), else fail."""
     ok, result = coerce(value, hint)
     if not ok:
-        raise KeyedRecipeError(
-            f"{where}: recipe key '{key}' expects {describe(hint)}, got {value!r} ({type(value).__name__})"
-        )
+        raise KeyedRecipeError(f"{where}: recipe key '{key}' expects {describe(hint)}, got {value!r} "
+                               f"({type(value).__name__})")
     return result
 
 

@@ -91,7 +91,8 @@ def keys_where(config_class, **match: Any) -> list[str]:
 
 def mapped_training_args(config_class) -> frozenset[str]:
     """Every TrainingArguments field the recipe sets: the keys' `to` fields and the fixed ones."""
-    return frozenset(n for f in dataclasses.fields(config_class) for n in f.metadata.get("to", ())) | FIXED_TRAINING_ARGS
+    declared = frozenset(n for f in dataclasses.fields(config_class) for n in f.metadata.get("to", ()))
+    return declared | FIXED_TRAINING_ARGS
 
 
 def sections(config_class) -> list[tuple[str, list[dataclasses.Field]]]:

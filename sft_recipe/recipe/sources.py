@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError, reject_unknown_keys
 from ..formats import DEFAULT_FORMAT, get_format
-
 
 
 def check_columns(columns: Any, where: str) -> dict[str, str] | None:
@@ -48,7 +48,7 @@ class DataSource:
     max_examples: int | None = None
     columns: dict[str, str] | None = None
     weight: float = 1.0
-    name: str = field(default="")
+    name: str = ""
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any] | "DataSource", index: int) -> "DataSource":
@@ -93,11 +93,9 @@ def check_sources(sources: list[Any]) -> list[DataSource]:
     if not isinstance(sources, list) or not sources:
         raise RecipeError("recipe key 'datasets' must be a non-empty list of {path, format, weight, ...}")
     checked = [DataSource.from_mapping(s, i) for i, s in enumerate(sources)]
-    seen: dict[str, int] = {}
-    unique = []
-    for source in checked:
-        seen[source.name] = seen.get(source.name, 0) + 1
+    seen: Counter[str] = Counter()
+    for i, source in enumerate(checked):
+        seen[source.name] += 1
         if seen[source.name] > 1:
-            source = dataclasses.replace(source, name=f"{source.name}_{seen[source.name]}")
-        unique.append(source)
-    return unique
+            checked[i] = dataclasses.replace(source, name=f"{source.name}_{seen[source.name]}")
+    return checked

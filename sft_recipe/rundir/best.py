@@ -19,12 +19,11 @@ from transformers import PreTrainedModel
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
-from .layout import BEST_DIRNAME, CHECKPOINT_PREFIX
+from .layout import BEST_DIRNAME, CHECKPOINT_PREFIX, save_recipe
 from .card import write_model_card
 from .checkpoints import saving
 from ..recipe.config import SFTConfig
 from ..errors import UserError
-from .layout import save_recipe
 
 # What `save_pretrained` writes for the weights: one file, or an index over shards. A LoRA run's
 # best/ holds the adapter (see `lora.py`).
@@ -76,10 +75,8 @@ def checkpoint_weights(trainer, model) -> list[Path] | None:
             or not trainer.args.load_best_model_at_end):
         return None
     index = checkpoint / SAFE_WEIGHTS_INDEX_NAME
-    if index.is_file():
-        names = {SAFE_WEIGHTS_INDEX_NAME, *json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()}
-    else:
-        names = {SAFE_WEIGHTS_NAME}
+    names = {SAFE_WEIGHTS_INDEX_NAME, *json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()} \
+        if index.is_file() else {SAFE_WEIGHTS_NAME}
     files = [checkpoint / name for name in sorted(names)]
     return files if all(f.is_file() for f in files) else None
 

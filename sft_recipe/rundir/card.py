@@ -16,12 +16,7 @@ import yaml
 from huggingface_hub import ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .layout import (
-    ADAPTER_CONFIG_FILENAME,
-    CARD_FILENAME,
-    LOSS_CURVE_FILENAME,
-    RECIPE_FILENAME,
-)
+from .layout import ADAPTER_CONFIG_FILENAME, CARD_FILENAME, LOSS_CURVE_FILENAME, RECIPE_FILENAME
 from ..recipe.config import SFTConfig
 from ..formats import Form, get_format
 from ..data.builtin import is_builtin
@@ -37,11 +32,9 @@ def write_model_card(best: Path, config: SFTConfig, metrics: dict[str, Any]) -> 
     has_curve = curve.is_file()
     if has_curve:
         shutil.copy2(curve, best / LOSS_CURVE_FILENAME)
-    is_adapter = (best / ADAPTER_CONFIG_FILENAME).is_file()
-    text = model_card(config, metrics, str(best), is_adapter=is_adapter,
+    text = model_card(config, metrics, str(best), is_adapter=(best / ADAPTER_CONFIG_FILENAME).is_file(),
                       loss_curve=LOSS_CURVE_FILENAME if has_curve else None)
-    path = best / CARD_FILENAME
-    path.write_text(text, encoding="utf-8")
+    (path := best / CARD_FILENAME).write_text(text, encoding="utf-8")
     return path
 
 
@@ -50,13 +43,12 @@ def model_card(config: SFTConfig, metrics: dict[str, Any], local_dir: str, *, is
     """The card's Markdown, front matter included."""
     name = config.hub_model_id or local_dir
     base = None if config.from_scratch else config.model_name
-    data = ModelCardData(
-        library_name="peft" if is_adapter else "transformers",
-        base_model=base if base and is_hub_id(base) else None,
-        datasets=[p for p in source_paths(config) if is_hub_id(p)] or None,
-        tags=["sft-recipe", "text-generation"] + (["lora"] if is_adapter else []),
-        pipeline_tag="text-generation",
-    )
+    paths = [config.dataset] if config.dataset else [s.path for s in config.datasets or []]
+    data = ModelCardData(library_name="peft" if is_adapter else "transformers",
+                         base_model=base if base and is_hub_id(base) else None,
+                         datasets=[p for p in paths if is_hub_id(p)] or None,
+                         tags=["sft-recipe", "text-generation"] + (["lora"] if is_adapter else []),
+                         pipeline_tag="text-generation")
     sections = [
         f"---\n{data.to_yaml()}\n---",
         f"# {config.hub_model_id.split('/')[-1] if config.hub_model_id else Path(config.output_dir).name}",
@@ -89,8 +81,7 @@ def describe_training(config: SFTConfig, is_adapter: bool) -> str:
         origin = f"LoRA adapters (r={config.lora.r if config.lora else 16}) for `{config.model_name}`, trained"
     else:
         origin = f"`{config.model_name}` fine-tuned"
-    what = "the loss on the text" if config.form is Form.TEXT else \
-        "the loss on the responses only (prompts are masked)"
+    what = "the loss on the text" if config.form is Form.TEXT else "the loss on the responses only (prompts are masked)"
     steps = f"{config.max_steps} steps" if config.max_steps else f"{config.num_epochs:g} epochs"
     on = f"`{config.dataset}` (`{config.dataset_format}` format)" if config.dataset else "a mixture of " + ", ".join(
         f"`{s.path}` (`{s.format}`, weight {s.weight:g})" for s in config.datasets or [])
@@ -109,13 +100,8 @@ def results_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def example_prompt(config: SFTConfig) -> tuple[str, str]:
-    """(how the prompt is built, an example prompt string) in the template the model was trained on."""
-    return get_format(config.dataset_format).card_prompt(EXAMPLE_INSTRUCTION)
-
-
 def usage(config: SFTConfig, name: str, is_adapter: bool) -> str:
-    how, prompt = example_prompt(config)
+    how, prompt = get_format(config.dataset_format).card_prompt(EXAMPLE_INSTRUCTION)
     loader = ("from peft import AutoPeftModelForCausalLM\n"
               f"model = AutoPeftModelForCausalLM.from_pretrained({name!r})  # base model + adapters\n"
               if is_adapter else
@@ -126,20 +112,13 @@ def usage(config: SFTConfig, name: str, is_adapter: bool) -> str:
                  "prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)\n"
                  "inputs = tokenizer(prompt, return_tensors=\"pt\", add_special_tokens=False)\n")
     else:
-        build = (f"prompt = {prompt!r}\n"
-                 "inputs = tokenizer(prompt, return_tensors=\"pt\")\n")
+        build = f"prompt = {prompt!r}\ninputs = tokenizer(prompt, return_tensors=\"pt\")\n"
     code = ("from transformers import AutoTokenizer\n" + loader
             + f"tokenizer = AutoTokenizer.from_pretrained({name!r})\n" + build
             + "output = model.generate(**inputs, max_new_tokens=128, do_sample=False)\n"
             "print(tokenizer.decode(output[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))")
-    cli = f"sft-recipe generate {name} {EXAMPLE_INSTRUCTION!r}"
-    if config.form is Form.CHAT:
-        cli = f"sft-recipe chat {name}"
+    cli = f"sft-recipe chat {name}" if config.form is Form.CHAT else \
+        f"sft-recipe generate {name} {EXAMPLE_INSTRUCTION!r}"
     return (f"## How to use\n\nPrompts use {how}; generation stops at the tokenizer's EOS.\n\n"
             f"```python\n{code}\n```\n\nOr with sft-recipe, which applies the template itself:\n\n"
             f"```bash\n{cli}\n```")
-
-
-def source_paths(config: SFTConfig) -> list[str]:
-    """The recipe's dataset, or every source of its mixture."""
-    return [config.dataset] if config.dataset else [s.path for s in config.datasets or []]

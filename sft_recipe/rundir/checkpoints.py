@@ -15,7 +15,6 @@ import contextlib
 import errno
 import json
 import logging
-import os
 import re
 import shutil
 import zipfile
@@ -25,16 +24,11 @@ from typing import Iterator
 from accelerate import PartialState
 from transformers import TrainerCallback
 
-from .layout import (
-    CHECKPOINT_PREFIX,
-    COMPLETE_MARKER,
-    FINISHED_FILENAME,
-    TRAINER_STATE_FILENAME,
-)
+from .layout import (CHECKPOINT_PREFIX, COMPLETE_MARKER, FINISHED_FILENAME, TRAINER_STATE_FILENAME, save_recipe,
+                     write_atomically)
 from ..recipe.config import SFTConfig
 from ..errors import UserError, one_line
 from .paths import writable_dir
-from .layout import save_recipe
 
 log = logging.getLogger("sft_recipe")
 CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
@@ -151,12 +145,7 @@ class CheckpointCompleteCallback(TrainerCallback):
             if self.config is not None:
                 with saving(checkpoint, self.config):
                     save_recipe(self.config, checkpoint)
-            tmp = checkpoint / f".{COMPLETE_MARKER}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(f"step {state.global_step}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, checkpoint / COMPLETE_MARKER)
+            write_atomically(checkpoint / COMPLETE_MARKER, f"step {state.global_step}\n", durable=True)
         return control
 
 
@@ -170,11 +159,9 @@ def saving(path: str | Path, config: SFTConfig) -> Iterator[None]:
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        last = last_complete_checkpoint(Path(config.output_dir))
-        resume = f"re-running resumes from {last}" if last else "no complete checkpoint was written yet"
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
         raise UserError(f"{path}: saving failed ({reason}); free space or fix permissions, then re-run the "
-                        f"same command ({resume})") from None
+                        f"same command ({resume_hint(config)})") from None
 
 
 @contextlib.contextmanager
@@ -188,9 +175,10 @@ def disk_errors(config: SFTConfig) -> Iterator[None]:
     except OSError as exc:
         if exc.errno not in DISK_ERRNOS:
             raise
-        last = last_complete_checkpoint(Path(config.output_dir))
-        resume = f"re-running resumes from {last}" if last else "no complete checkpoint was written yet"
-        raise UserError(
-            f"{config.output_dir}: cannot write ({exc.strerror or exc}) while saving; free space or fix "
-            f"permissions, then re-run the same command ({resume})"
-        ) from None
+        raise UserError(f"{config.output_dir}: cannot write ({exc.strerror or exc}) while saving; free space or fix "
+                        f"permissions, then re-run the same command ({resume_hint(config)})") from None
+
+
+def resume_hint(config: SFTConfig) -> str:
+    last = last_complete_checkpoint(Path(config.output_dir))
+    return f"re-running resumes from {last}" if last else "no complete checkpoint was written yet"

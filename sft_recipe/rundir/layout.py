@@ -8,6 +8,7 @@ what they need by these names, so they must never be spelled anywhere else.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,20 @@ def save_recipe(config: SFTConfig, directory: str | Path) -> Path:
     look like credentials are dropped.
     """
     path = Path(directory) / RECIPE_FILENAME
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(resolved_recipe(config), sort_keys=False), encoding="utf-8")
-    tmp.replace(path)  # never a half-written recipe
+    write_atomically(path, yaml.safe_dump(resolved_recipe(config), sort_keys=False))
     return path
+
+
+def write_atomically(path: Path, text: str, durable: bool = False) -> None:
+    """`text` as `path` through a temporary file and a rename, so `path` is never half-written
+    (`durable`: synced to the disk before the rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_saved_recipe(model_dir: str | Path) -> dict[str, Any]:

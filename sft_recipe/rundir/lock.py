@@ -50,8 +50,7 @@ def is_alive(pid: int, start: str | None) -> bool:
 
 
 def holder_text(info: dict[str, Any]) -> str:
-    return (f"pid {info.get('pid')} on host {info.get('host')}, started "
-            f"{info.get('started', 'at an unknown time')}")
+    return f"pid {info.get('pid')} on host {info.get('host')}, started {info.get('started', 'at an unknown time')}"
 
 
 def read_lock(path: Path) -> dict[str, Any] | None:
@@ -109,8 +108,7 @@ def acquire(output_dir: str | Path) -> dict[str, Any]:
                 stale.unlink(missing_ok=True)
                 continue
             stale.unlink(missing_ok=True)
-            log.warning("%s: taking over the lock of a run that is no longer alive (%s)", output_dir,
-                        holder_text(info))
+            log.warning("%s: taking over the lock of a run that is no longer alive (%s)", output_dir, holder_text(info))
             continue
         if not info:
             raise UserError(f"{path}: unreadable lock file; another run may be using {output_dir}; delete "

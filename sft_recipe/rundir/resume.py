@@ -18,13 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .layout import (
-    BEST_DIRNAME,
-    FINISHED_FILENAME,
-    RECIPE_FILENAME,
-    RESULTS_FILENAME,
-    TRAINER_STATE_FILENAME,
-)
+from .layout import (BEST_DIRNAME, FINISHED_FILENAME, RECIPE_FILENAME, RESULTS_FILENAME, TRAINER_STATE_FILENAME,
+                     write_atomically)
 from ..recipe.config import SFTConfig
 from ..recipe.keys import EXTENDS, FREE, keys_where
 from ..errors import UserError
@@ -62,11 +57,9 @@ def check_resume(config: SFTConfig, checkpoint: str | None) -> dict[str, Any] | 
     changed = changed_keys(read_yaml(path), resolved_recipe(config))
     refused = [k for k in changed if k not in TRAJECTORY_FREE and k not in EXTENDING]
     if refused:
-        raise UserError(
-            f"{config.output_dir}: resuming from {checkpoint} with changed settings ({', '.join(refused)}) would "
-            f"mix two runs; keep them as they were, pass --overwrite_output_dir true to start over, or use a "
-            f"new output_dir"
-        )
+        raise UserError(f"{config.output_dir}: resuming from {checkpoint} with changed settings ({', '.join(refused)}) "
+                        f"would mix two runs; keep them as they were, pass --overwrite_output_dir true to start over, "
+                        f"or use a new output_dir")
     if changed:
         log.info("resuming with changed settings: %s", ", ".join(changed))
     return finished_metrics(config, Path(checkpoint), extended=any(k in EXTENDING for k in changed))
@@ -96,7 +89,4 @@ def finished_metrics(config: SFTConfig, checkpoint: Path, extended: bool) -> dic
 
 def mark_finished(config: SFTConfig, global_step: int) -> None:
     """After best/ is saved: the run ended at `global_step` (a re-run then does nothing)."""
-    path = Path(config.output_dir) / FINISHED_FILENAME
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"global_step": global_step}) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomically(Path(config.output_dir) / FINISHED_FILENAME, json.dumps({"global_step": global_step}) + "\n")

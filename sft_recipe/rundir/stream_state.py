@@ -10,14 +10,13 @@ not to skip batches (`ignore_data_skip`): the stream continues where it stood, i
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
 from transformers import TrainerCallback
 
-from .layout import CHECKPOINT_PREFIX, STREAM_STATE_FILENAME
+from .layout import CHECKPOINT_PREFIX, STREAM_STATE_FILENAME, write_atomically
 from ..errors import UserError
 
 
@@ -35,14 +34,8 @@ class StreamStateCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         rank, world = PartialState().process_index, PartialState().num_processes
         position = self.stream.state_at(consumed_items(state.global_step, args))
-        checkpoint = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
-        path = checkpoint / STREAM_STATE_FILENAME.format(rank=rank)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"processes": world, **position}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        path = Path(args.output_dir, f"{CHECKPOINT_PREFIX}{state.global_step}", STREAM_STATE_FILENAME.format(rank=rank))
+        write_atomically(path, json.dumps({"processes": world, **position}), durable=True)
         return control
 
 

@@ -1,14 +1,14 @@
 """`SFTConfig` -> `transformers.TrainingArguments`, field by field.
 
-The recipe owns the fields in `recipe.config.MAPPED_TRAINING_ARGS` (each key's declared `to` fields) (a recipe that also sets one in
-`training_args` is refused); everything else in `training_args` passes through unchanged. Building
-the arguments also initialises the (possibly distributed) state, so it is the first step of a run.
+The recipe owns the fields in `recipe.config.MAPPED_TRAINING_ARGS` (each key's declared `to` fields;
+a recipe that also sets one in `training_args` is refused); everything else in `training_args`
+passes through unchanged. Building the arguments also initialises the (possibly distributed) state,
+so it is the first step of a run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from typing import Any
 
@@ -17,7 +17,7 @@ from transformers import TrainingArguments
 
 from ..recipe.config import MAPPED_TRAINING_ARGS, SFTConfig
 from ..formats import Form
-from ..errors import RecipeError, one_line
+from ..errors import RecipeError, did_you_mean, one_line
 from ..model.hardware import default_loss_chunk_size, resolve_precision
 from ..recipe.files import coerce, describe
 
@@ -48,34 +48,20 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
     checkpointing = on_gpu if config.gradient_checkpointing is None else config.gradient_checkpointing
 
     mapped: dict[str, Any] = dict(
-        output_dir=config.output_dir,
+        output_dir=config.output_dir, report_to=list(config.report_to) or "none",
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.eval_batch_size or config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_epochs,
-        max_steps=config.max_steps if config.max_steps is not None else -1,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type=config.lr_scheduler_type,
-        max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        eval_strategy="steps",
-        eval_steps=config.eval_steps,
-        eval_on_start=config.eval_on_start,
-        save_strategy="steps",
-        save_steps=config.save_steps,
+        num_train_epochs=config.num_epochs, max_steps=config.max_steps if config.max_steps is not None else -1,
+        learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.lr_scheduler_type, weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm, seed=config.seed, data_seed=config.seed,
+        logging_steps=config.logging_steps, eval_strategy="steps", eval_steps=config.eval_steps,
+        eval_on_start=config.eval_on_start, save_strategy="steps", save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        report_to=list(config.report_to) or "none",
+        load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
         train_sampling_strategy=sampling_strategy(config),
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        torch_compile=config.torch_compile,
+        bf16=precision == "bf16", fp16=precision == "fp16", torch_compile=config.torch_compile,
         # transformers' new name for gradient checkpointing. Non-reentrant: works with frozen inputs
         # (LoRA) and replays dropout's random state on recompute.
         activation_checkpointing=checkpointing,
@@ -121,9 +107,8 @@ def check_pass_through(values: dict[str, Any]) -> dict[str, Any]:
     checked = {}
     for key, value in values.items():
         if key not in _TA_HINTS:
-            close = difflib.get_close_matches(str(key), _TA_HINTS, n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise RecipeError(f"recipe key 'training_args': unknown TrainingArguments field '{key}'{hint}")
+            raise RecipeError(f"recipe key 'training_args': unknown TrainingArguments field '{key}'"
+                              f"{did_you_mean(key, _TA_HINTS)}")
         ok, result = coerce(value, _TA_HINTS[key])
         if not ok:
             raise RecipeError(f"recipe key 'training_args.{key}' expects {describe(_TA_HINTS[key])}, got "

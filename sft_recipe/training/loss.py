@@ -83,17 +83,15 @@ def router_aux_loss(model: nn.Module, aux_loss: Any) -> torch.Tensor | None:
 
 
 class LossPath:
-    """The loss a model is trained and evaluated with; see the module docstring."""
-
     def __init__(self, model: nn.Module, chunk_size: int, sharded: bool) -> None:
         self.chunk_size = chunk_size
         self.parts = decoder_and_head(model) if chunk_size else None
         if not chunk_size:
             self.kind, self.reason = OWN, "loss_chunk_size is 0: the model's own loss"
         elif self.parts is None:
-            self.kind = OWN
-            self.reason = (f"{type(model).__name__} has no plain linear head whose output is the logits "
-                           f"(soft-capping, logit scaling or a custom head): the model's own loss")
+            self.kind, self.reason = OWN, (f"{type(model).__name__} has no plain linear head whose output is the "
+                                           f"logits (soft-capping, logit scaling or a custom head): the model's own "
+                                           f"loss")
         elif sharded:
             self.kind, self.reason = INSIDE_HEAD, "sharded parameters: the trainable-token loss inside the head"
         else:
@@ -105,12 +103,12 @@ class LossPath:
 
     def sums(self, model: nn.Module, inputs: dict[str, torch.Tensor], extras: dict[str, Any] | None = None,
              scale: torch.Tensor | None = None, eager: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(loss sum x `scale`, correct next-token count, trainable-token count) of one micro-batch.
-        `eager`: backward will bring exactly 1 to the loss (`ChunkedLinearCrossEntropy`)."""
+        """One micro-batch's sums on this path, as `head_loss.trainable_token_loss` returns them."""
+        parts: Any = self.parts  # set for these two kinds
         if self.kind == CHUNKED:
-            return trainable_token_loss(model, self.parts, inputs, self.chunk_size, extras, scale, eager)  # type: ignore[arg-type]
+            return trainable_token_loss(model, parts, inputs, self.chunk_size, extras, scale, eager)
         if self.kind == INSIDE_HEAD:
-            loss, correct, count = head_trainable_token_loss(model, self.parts[1], inputs, self.chunk_size, extras)  # type: ignore[index]
+            loss, correct, count = head_trainable_token_loss(model, parts[1], inputs, self.chunk_size, extras)
         else:
             output = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
             if extras is not None:
@@ -170,8 +168,8 @@ class LossPath:
                 differences.append(relative(float(fast), float(own)))
                 if not differences[-1] <= tolerance(output.logits):
                     self.switch(OWN, f"the trainable-token loss differs from {name}'s own logits by "
-                                     f"{differences[-1]:.1e} (relative) on {count} evaluation tokens (the head does more "
-                                     f"than a linear projection): the model's own loss")
+                                     f"{differences[-1]:.1e} (relative) on {count} evaluation tokens (the head does "
+                                     f"more than a linear projection): the model's own loss")
         loss = getattr(output, "loss", None)
         if loss is not None:
             aux = router_aux_loss(model, getattr(output, "aux_loss", None))

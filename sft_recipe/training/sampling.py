@@ -54,8 +54,7 @@ class StepBalancedSampler(BatchRebalanceSampler):
 
     def order(self) -> list[int]:
         """This epoch's random order of all rows: the steps are its consecutive slices."""
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return torch.randperm(len(self.lengths), generator=generator).tolist()
 
     def _short_tail(self) -> bool:
@@ -82,12 +81,9 @@ class StepBalancedSampler(BatchRebalanceSampler):
         """This rank's micro-batches of one step: the rows longest first, cut into equal-count
         contiguous groups (they pad least), the costliest groups first, dealt round by round."""
         ranked = sorted(rows, key=lambda i: self.lengths[i], reverse=True)  # stable: ties keep the order
-        base, extra = divmod(len(ranked), self.groups)
-        groups, start = [], 0
-        for g in range(self.groups):
-            size = base + (g < extra)
-            groups.append(ranked[start:start + size])
-            start += size
+        base, extra = divmod(len(ranked), self.groups)  # the first `extra` groups get one row more
+        bounds = [g * base + min(g, extra) for g in range(self.groups + 1)]
+        groups = [ranked[a:b] for a, b in zip(bounds, bounds[1:])]
         by_cost = sorted(groups, key=self._cost, reverse=True)
         for slot in range(self.grad_accum):
             yield by_cost[slot * self.world + self.rank]

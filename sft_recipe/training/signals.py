@@ -27,15 +27,13 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 
 from ..rundir.checkpoints import last_complete_checkpoint
-from ..errors import PeerLost, TrainingInterrupted
+from ..errors import PeerLost, TrainingInterrupted, one_line
 
 log = logging.getLogger("sft_recipe")
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopOnSignal(TrainerCallback):
-    """Save and stop at the next step end once SIGTERM or SIGINT arrived (see module docstring)."""
-
     def __init__(self) -> None:
         self.received: int | None = None
 
@@ -71,8 +69,7 @@ class StopOnSignal(TrainerCallback):
         signum = self._agreed_signal(args)
         if signum is not None:
             self.received = signum
-            control.should_save = True
-            control.should_training_stop = True
+            control.should_save = control.should_training_stop = True
         return control
 
     def _agreed_signal(self, args) -> int | None:
@@ -89,11 +86,8 @@ class StopOnSignal(TrainerCallback):
         if self.received is None:
             return
         checkpoint = last_complete_checkpoint(Path(output_dir))
-        raise TrainingInterrupted(
-            self.received,
-            f"stopped by {signal.Signals(self.received).name}; checkpoint saved to {checkpoint}; "
-            f"re-run the same command (same output_dir) to resume from it",
-        )
+        raise TrainingInterrupted(self.received, f"stopped by {signal.Signals(self.received).name}; checkpoint saved "
+                                  f"to {checkpoint}; re-run the same command (same output_dir) to resume from it")
 
 
 # What gloo and NCCL raise when a peer dies or a collective times out.
@@ -118,10 +112,9 @@ def peers_watched(output_dir: str) -> Iterator[None]:
     except Exception as exc:
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and is_peer_failure(exc)):
             raise
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         address = _PEER_ADDRESS.search(str(exc))
         who = f"the process at {address.group(1)}" if address else "another process"
         last = last_complete_checkpoint(Path(output_dir))
         resume = f"resumes from {last}" if last else "starts over (no complete checkpoint yet)"
-        raise PeerLost(f"rank {dist.get_rank()}: lost {who} of this run ({first.strip()[:160]}); every process stops "
+        raise PeerLost(f"rank {dist.get_rank()}: lost {who} of this run ({one_line(exc)[:160]}); every process stops "
                        f"now. Run the same launch command on every machine again: it {resume}") from None

@@ -58,10 +58,7 @@ PROBE_TOKENS = 128  # full logits of this many tokens per row: a few tens of MiB
 
 def probe_window(row: dict[str, Any]) -> dict[str, Any]:
     """The last PROBE_TOKENS tokens of a row (where its answer is), for the one-forward loss check."""
-    ids, labels = row["input_ids"], row["labels"]
-    if len(ids) <= PROBE_TOKENS:
-        return {"input_ids": ids, "labels": labels}
-    return {"input_ids": ids[-PROBE_TOKENS:], "labels": labels[-PROBE_TOKENS:]}
+    return {"input_ids": row["input_ids"][-PROBE_TOKENS:], "labels": row["labels"][-PROBE_TOKENS:]}
 
 
 class SamplerEpoch(TrainerCallback):
@@ -76,8 +73,6 @@ class SamplerEpoch(TrainerCallback):
 
 
 class SFTTrainer(Trainer):
-    """Trainer with the trainable-token loss; `loss_chunk_size=0` keeps the model's own loss."""
-
     def __init__(self, *args: Any, loss_chunk_size: int = 1024, train_sample: Any = None, recipe: Any = None,
                  eval_parts: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from sft_recipe.recipe.config import MAPPED_TRAINING_ARGS, NOT_TRAINING_ARGS, SFTConfig
+from sft_recipe.recipe.config import MAPPED_TRAINING_ARGS, SFTConfig
 from sft_recipe.errors import RecipeError
 from sft_recipe.training.arguments import to_training_arguments
 
@@ -38,6 +38,8 @@ MAPPED = {
 }
 
 BASE = {"model_name": "m", "dataset": "d.jsonl", "output_dir": "out"}
+# Keys that do not set a TrainingArguments field of their own name (data, model, run, LoRA, pass-through).
+NOT_TRAINING_ARGS = frozenset(f.name for f in dataclasses.fields(SFTConfig) if f.metadata["goes"] != "trainer")
 
 
 def test_every_field_is_mapped_or_consumed_elsewhere():

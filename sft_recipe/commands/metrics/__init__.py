@@ -24,11 +24,8 @@ def load_metric(name: str):
 
 def score_generations(predictions: list[str], references: list[str], prefix: str = "eval") -> dict[str, float]:
     """`{prefix}_exact_match` and `{prefix}_rouge_l` for generated answers against references."""
-    scores: dict[str, float] = {}
-    for name in GENERATION_METRICS:
-        result = load_metric(name).compute(predictions=predictions, references=references)
-        scores.update({f"{prefix}_{key}": float(value) for key, value in result.items()})
-    return scores
+    results = [load_metric(name).compute(predictions=predictions, references=references) for name in GENERATION_METRICS]
+    return {f"{prefix}_{key}": float(value) for result in results for key, value in result.items()}
 
 
 def normalise_answer(text: str) -> str:

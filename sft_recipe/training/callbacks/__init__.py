@@ -56,10 +56,9 @@ class NanGuardCallback(TrainerCallback):
         for key in ("loss", "eval_loss"):
             value = (logs or {}).get(key)
             if value is not None and not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"{key} became {value} at step {state.global_step}; stopped training. Lower learning_rate, "
-                    f"check the data, or use precision bf16/fp32 (last good checkpoint in {args.output_dir})"
-                )
+                raise TrainingDiverged(f"{key} became {value} at step {state.global_step}; stopped training. Lower "
+                                       f"learning_rate, check the data, or use precision bf16/fp32 (last good "
+                                       f"checkpoint in {args.output_dir})")
 
 
 def build_callbacks(config: SFTConfig, tokenizer, data: Any) -> list[TrainerCallback]:
@@ -68,13 +67,10 @@ def build_callbacks(config: SFTConfig, tokenizer, data: Any) -> list[TrainerCall
     names = list(config.callbacks)
     if config.early_stopping_patience and "early_stopping" not in names:
         names.append("early_stopping")
+    plain = {"nan_guard": NanGuardCallback, "throughput": ThroughputCallback, "loss_curve": LossCurveCallback}
     for name in names:
-        if name == "nan_guard":
-            callbacks.append(NanGuardCallback())
-        elif name == "throughput":
-            callbacks.append(ThroughputCallback())
-        elif name == "loss_curve":
-            callbacks.append(LossCurveCallback())
+        if name in plain:
+            callbacks.append(plain[name]())
         elif name == "samples":
             prompts, generate_kwargs = sample_prompts(config, tokenizer, data)
             callbacks.append(SamplesCallback(prompts, config.max_new_tokens, generate_kwargs, config.dataset_format))
@@ -104,8 +100,7 @@ def import_callback(path: str) -> TrainerCallback:
     try:
         return target()
     except TypeError as exc:
-        raise RecipeError(f"recipe key 'callbacks': '{path}' must be constructible with no arguments ({exc})") \
-            from None
+        raise RecipeError(f"recipe key 'callbacks': '{path}' must be constructible with no arguments ({exc})") from None
 
 
 def loggers_last(trainer) -> None:

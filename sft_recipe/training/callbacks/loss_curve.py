@@ -11,8 +11,6 @@ from ...rundir.layout import LOSS_CURVE_FILENAME
 
 
 class LossCurveCallback(TrainerCallback):
-    """`output_dir/loss_curve.png`: train and eval loss against optimizer step (main process)."""
-
     def on_evaluate(self, args, state, control, **kwargs):
         self.write(args, state)
 

@@ -37,8 +37,6 @@ metrics_log = logging.getLogger(METRICS_LOGGER)
 
 
 class ConsoleCallback(TrainerCallback):
-    """What a person reads during training (main process only); see the module docstring."""
-
     def __init__(self, live: bool | None = None) -> None:
         self.live = interactive() if live is None else live
         self.bar: Any = None
@@ -143,8 +141,7 @@ def format_eval_line(label: str, metrics: dict[str, float]) -> str:
     parts.append(f"Validation Loss: {metrics['eval_loss']:.3f}")
     perplexity = metrics.get("eval_perplexity")
     if perplexity is not None and math.isfinite(perplexity):
-        parts.append(f"Validation Perplexity: {perplexity:.1f}" if perplexity >= 10 else
-                     f"Validation Perplexity: {perplexity:.2f}")
+        parts.append(f"Validation Perplexity: {perplexity:.{1 if perplexity >= 10 else 2}f}")
     if "eval_token_accuracy" in metrics:
         parts.append(f"Token Accuracy: {metrics['eval_token_accuracy']:.1%}")
     return ", ".join(parts)

@@ -18,8 +18,6 @@ SAMPLE_PROMPTS_FROM_EVAL = 3
 
 
 class SamplesCallback(TrainerCallback):
-    """Greedy generations for fixed prompts at every eval: printed, and a wandb.Table with wandb."""
-
     def __init__(self, prompts: list[str], max_new_tokens: int, generate_kwargs: dict[str, Any] | None = None,
                  dataset_format: str = DEFAULT_FORMAT) -> None:
         self.prompts = prompts
@@ -62,6 +60,5 @@ def sample_prompts(config: SFTConfig, tokenizer, data: Any) -> tuple[list[str], 
         return [get_format(config.dataset_format).prompt(text) for text in config.sample_prompts], {}
     elif first is not None and "prompt" in first.column_names:
         return list(first["prompt"]), {}
-    log.warning("callbacks: 'samples' has no prompts (set sample_prompts for dataset_format %s)",
-                config.dataset_format)
+    log.warning("callbacks: 'samples' has no prompts (set sample_prompts for dataset_format %s)", config.dataset_format)
     return [], {}

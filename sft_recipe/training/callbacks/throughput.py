@@ -15,9 +15,7 @@ from transformers import TrainerCallback
 
 
 class ThroughputCallback(TrainerCallback):
-    """Tokens per second, peak memory and ETA, added to every training log.
-
-    Time counts training only: the gap before a step that follows an eval or a checkpoint save is
+    """Time counts training only: the gap before a step that follows an eval or a checkpoint save is
     left out. Token counts come from the logs: `num_input_tokens_seen` (non-padding tokens, the
     Trainer's count) and `trainable_tokens_seen` (tokens with a label, SFTTrainer's count), both
     summed over all processes.
@@ -50,8 +48,7 @@ class ThroughputCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, **kwargs):
         self.paused = True
 
-    def on_save(self, args, state, control, **kwargs):
-        self.paused = True
+    on_save = on_evaluate  # a save pauses the clock as an evaluation does
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs:
@@ -70,14 +67,12 @@ class ThroughputCallback(TrainerCallback):
 def throughput_metrics(logs: dict[str, float], last: dict[str, float], seconds: float) -> dict[str, float]:
     """Rates since the previous log: `tokens_per_second` and `trainable_tokens_per_second`."""
     elapsed = seconds - last.get("seconds", 0.0)
-    rates: dict[str, float] = {}
     if elapsed <= 0:
-        return rates
-    for count_key, rate_key in (("num_input_tokens_seen", "tokens_per_second"),
-                                ("trainable_tokens_seen", "trainable_tokens_per_second")):
-        if count_key in logs and count_key in last:
-            rates[rate_key] = (logs[count_key] - last[count_key]) / elapsed
-    return rates
+        return {}
+    return {rate_key: (logs[count_key] - last[count_key]) / elapsed
+            for count_key, rate_key in (("num_input_tokens_seen", "tokens_per_second"),
+                                        ("trainable_tokens_seen", "trainable_tokens_per_second"))
+            if count_key in logs and count_key in last}
 
 
 def peak_memory_gb() -> dict[str, float]:
