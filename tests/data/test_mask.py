@@ -109,9 +109,12 @@ def test_masking_invariants(rows, max_length, pad_is_eos, add_bos):
 @given(st.lists(st.tuples(st.text(min_size=1, max_size=40), st.text(min_size=1, max_size=40)),
                 min_size=1, max_size=4))
 def test_byte_level_completion_round_trips(bpe_tokenizer, rows):
-    """On a real byte-level BPE the trainable tokens decode exactly to the completion + EOS."""
+    """On a real byte-level BPE the trainable tokens decode exactly to the completion + EOS; a
+    whitespace-only completion (`encode.has_response`) is dropped, never trained as EOS alone."""
     out = tokenize(rows, bpe_tokenizer, max_length=512)
-    for (prompt, completion), row in zip(rows, out):
+    kept = [(prompt, completion) for prompt, completion in rows if completion.strip()]
+    assert len(out) == len(kept)
+    for (prompt, completion), row in zip(kept, out):
         n_prompt = len(bpe_tokenizer(prompt)["input_ids"])
         trained = [label for label in row["labels"] if label != M]
         assert row["labels"][:n_prompt] == [M] * n_prompt
