@@ -14,18 +14,16 @@
 from __future__ import annotations
 
 import codecs
-import json
-import mmap
-import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import datasets
 
 from ..recipe.config import SFTConfig
 from ..errors import DataError, one_line
-from ..formats import get_format
+from ..formats import Format, get_format
 from .builtin import is_builtin, materialise_dataset
+from .json_rows import diagnose_json, own_json_rows, own_json_stream, reject_non_object_lines
 
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 # Compression `datasets` decompresses on the fly (fsspec), and the module each needs beyond the standard library.
@@ -64,10 +62,36 @@ def load_source(source: str, config: SFTConfig, streaming: bool = False):
         for file in files:
             check_text_file(file)
     kwargs: dict[str, Any] = {"keep_linebreaks": True} if builder_of(files[0]) == "text" else {}
-    if path.is_dir():
-        return load_or_explain(str(path), files, config, streaming, split=config.dataset_split, **kwargs)
-    return load_or_explain(builder_of(path) or "", files, config, streaming, data_files=[str(path)], split="train",
-                           **kwargs)
+    split = config.dataset_split if path.is_dir() else "train"
+    chat_json = builder_of(files[0]) == "json" and get_format(config.dataset_format).uniform is not Format.uniform
+    if chat_json and streaming and not any(f.suffix.lower() in COMPRESSIONS for f in files):
+        return own_json_stream(split_files(path, split), config)  # rows made uniform before Arrow types them
+    try:
+        if path.is_dir():
+            dataset = load_or_explain(str(path), files, config, streaming, split=split, **kwargs)
+        else:
+            dataset = load_or_explain(builder_of(path) or "", files, config, streaming, data_files=[str(path)],
+                                      split=split, **kwargs)
+    except DataError as exc:  # values of several JSON types in one field, such as content parts beside strings
+        own = own_json_rows(split_files(path, split), config) if chat_json and not streaming else None
+        if own is None:
+            raise exc from None
+        return own
+    if chat_json and not streaming and "Json(" in repr(dataset.features):  # `datasets` typed a field of mixed
+        return own_json_rows(split_files(path, split), config) or dataset  # types as Json: "007" comes back as 7
+    return dataset
+
+
+def split_files(path: Path, split: str | None) -> list[Path]:
+    """The files of one split: a file is its own; a directory's split as `datasets` resolves names
+    (`train.jsonl`, `test/`...)."""
+    if path.is_file():
+        return [path]
+    patterns = datasets.data_files.get_data_patterns(str(path))
+    resolved = datasets.data_files.DataFilesDict.from_patterns(patterns, base_path=str(path))
+    if split not in resolved:
+        raise DataError(f"{path}: no split '{split}' (splits: {', '.join(resolved)})")
+    return [Path(f) for f in resolved[split]]
 
 
 def load_or_explain(name: str, files: list[Path], config: SFTConfig, streaming: bool, **kwargs: Any):
@@ -151,86 +175,3 @@ def check_text_file(path: Path) -> None:
         raise DataError(f"{path}: the file is empty (only whitespace)")
     if builder == "json":
         reject_non_object_lines(path)
-
-
-_NON_BLANK = re.compile(rb"[^ \t\r\n]")
-_NON_OBJECT_LINE = re.compile(rb"\n[ \t\r]*([^{ \t\r\n])")  # a later line that does not start an object
-
-
-def reject_non_object_lines(path: Path) -> None:
-    """In JSON lines, a line that is not an object (`null`, `NaN`, a string, a number, an array)
-    can crash pyarrow's JSON reader (a segfault, no exception; found by fuzzing: `NaN`, then a
-    string, then an object), so look for one first: a regex over the memory-mapped file costs little
-    even for large files. A .json file that is an array, or one object over several lines, is JSON,
-    not JSON lines, and is left to `datasets`; any other .json file is checked like JSON lines."""
-    if path.stat().st_size == 0:
-        return
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        # past a UTF-8 byte-order mark (which `datasets` reads past) and leading blank lines
-        first = _NON_BLANK.search(data, 3 if data[:3] == b"\xef\xbb\xbf" else 0)
-        if first is None:
-            return
-        at = first.start()
-        if path.suffix.lower() == ".json" and (data[at:at + 1] == b"[" or (
-                data[at:at + 1] == b"{" and not _is_object(_line_at(data, at)))):
-            return  # an array, or one object over several lines: JSON, not JSON lines
-        if data[at:at + 1] == b"{":
-            later = _NON_OBJECT_LINE.search(data, at)
-            if later is None:
-                return
-            at = later.start(1)
-        lineno = data[:at].count(b"\n") + 1
-        line = _line_at(data, at).decode("utf-8", "replace")
-        try:
-            what = type(json.loads(line)).__name__.replace("NoneType", "null")
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {lineno}: malformed JSON: {exc.msg}") from None
-        raise DataError(f"{path}: line {lineno}: expected a JSON object, got {what}")
-
-
-def _line_at(data, at: int) -> bytes:
-    end = data.find(b"\n", at)
-    return data[at:end if end >= 0 else len(data)]
-
-
-def _is_object(line: bytes) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-
-
-def iter_json_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield (location, row) for a .json array/object file or a .jsonl file, with line numbers."""
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if path.suffix.lower() == ".json" and stripped.startswith(("[", "{")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if not stripped.startswith("{"):  # a broken array: no way to guess rows
-                raise DataError(f"{path}: line {exc.lineno}: malformed JSON: {exc.msg}") from None
-        else:
-            rows = data if isinstance(data, list) else [data]
-            for i, row in enumerate(rows):
-                yield f"row {i + 1}", row
-            return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"line {lineno}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {lineno}: malformed JSON: {exc.msg}") from None
-
-
-def diagnose_json(path: Path, dataset_format: str) -> None:
-    """Re-read a JSON file that `datasets` rejected and raise the first concrete problem."""
-    adapter = get_format(dataset_format)
-    for where, row in iter_json_rows(path):
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: {where}: expected a JSON object, got {type(row).__name__}")
-        for key in adapter.string_columns:
-            if key in row and row[key] is not None and not isinstance(row[key], str):
-                raise DataError(f"{path}: {where}: key '{key}' must be a string, got "
-                                f"{type(row[key]).__name__}")

@@ -52,6 +52,11 @@ class Format:
             converted = converted.add_column("source_row", list(range(1, len(converted) + 1)))
         return converted
 
+    def uniform(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A raw JSON row with values that vary in type only in ways this format allows, made
+        uniform so that Arrow can type the column (`data.load` reads such files itself)."""
+        return row
+
     def check_columns(self, columns: Any, where: str) -> None:
         missing = [c for c in self.required if c not in columns]
         if missing:

@@ -6,6 +6,14 @@ Roles are system, user, assistant and tool. An assistant message may carry `reas
 JSON string); a tool message may carry `tool_call_id` and `name`. A row's `tools` is a list of
 JSON schemas (or a JSON string of one).
 
+`content` may also be a list of OpenAI-style content parts (`[{"type": "text", "text": ...}]`, as
+the OpenAI chat format and exported chat logs write it). The text parts are joined in order with
+"\n", as vLLM's OpenAI server does for templates that take a string, here, before any template:
+every template then gets the same string at training and at inference (left to themselves, the
+templates differ: Mistral's join the parts, Qwen3's renders the turn empty, Llama 3.2's prints the
+list's Python repr, and Qwen2.5, Phi-3, SmolLM2 and DeepSeek-R1's raise). A part of any other type
+(an image, audio) cannot be trained on text: it is refused in one line naming the message and part.
+
 Keys whose value is None are dropped, recursively: Hugging Face `datasets` unifies struct fields
 across rows, so mapping-valued arguments and tool schemas arrive with every other row's keys set
 to None. List items that are None are the user's and stay. JSON strings are parsed after that, so a
@@ -22,6 +30,7 @@ from ..errors import DataError
 from .base import kind
 
 ROLES = ("system", "user", "assistant", "tool")
+TEXT_PARTS = ("text", "input_text", "output_text")  # the chat format's, and the Responses API's
 REASONING_ALIASES = ("reasoning_content", "reasoning", "thinking")
 
 
@@ -93,6 +102,38 @@ def _normalise_tool_calls(calls: Any, where: str, keep_text_arguments: bool = Fa
     return out
 
 
+def join_content_parts(content: Any, where: str) -> Any:
+    """A list of content parts -> its text parts joined with "\n" (module docstring); anything else as is."""
+    if not isinstance(content, (list, tuple)):
+        return content
+    texts = []
+    for k, part in enumerate(content):
+        part = _drop_none(part)
+        if not isinstance(part, Mapping):
+            raise DataError(f"key '{where}.content[{k}]' must be a content part {{type: text, text}}, got {kind(part)}")
+        if part.get("type") not in TEXT_PARTS:
+            raise DataError(f"key '{where}.content[{k}].type': a {part.get('type')!r} part cannot be trained on; only "
+                            f"text parts ({', '.join(TEXT_PARTS)}) can: drop the row or its other parts")
+        if not isinstance(part.get("text"), str):
+            raise DataError(f"key '{where}.content[{k}].text' must be a string, got {kind(part.get('text'))}")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def with_joined_parts(row: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """`row` with the content parts of the message lists under `keys` joined (the same object when
+    there are none), so that a file mixing string and list contents has one type per field."""
+    out = row
+    for key in keys:
+        messages = row.get(key)
+        if isinstance(messages, list) and any(isinstance(m, dict) and isinstance(m.get("content"), list)
+                                              for m in messages):
+            out = {**out, key: [{**m, "content": join_content_parts(m["content"], f"{key}[{i}]")}
+                                if isinstance(m, dict) and isinstance(m.get("content"), list) else m
+                                for i, m in enumerate(messages)]}
+    return out
+
+
 def normalise_messages(messages: Any, tools: Any = None, keep_text_arguments: bool = False
                        ) -> tuple[list[dict], list[dict] | None]:
     """Validate a conversation and return clean Python objects: (messages, tools).
@@ -127,6 +168,8 @@ def normalise_messages(messages: Any, tools: Any = None, keep_text_arguments: bo
             m["tool_calls"] = _normalise_tool_calls(m["tool_calls"], f"{where}.tool_calls", keep_text_arguments)
             if not m["tool_calls"]:
                 del m["tool_calls"]
+        if "content" in m:
+            m["content"] = join_content_parts(m["content"], where)
         content = m.get("content")
         if "tool_calls" in m and content == "":
             del m["content"]  # OpenAI convention: a tool-call turn has no content

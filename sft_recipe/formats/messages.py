@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import DataError
 from .base import Form, Format
-from .conversation import normalise_messages
+from .conversation import normalise_messages, with_joined_parts
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "tool": "tool", "function_call": "assistant", "observation": "tool"}
@@ -84,6 +84,10 @@ class Messages(Format):
             row = {**row, **sharegpt_to_messages(row)}
         self.check_columns(row, where)
         return {"messages": row["messages"], "tools": row.get("tools")}
+
+    def uniform(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Content given as a string in one message and as content parts in another: joined to a string."""
+        return with_joined_parts(row, "messages")
 
     def normalise(self, dataset, source: str):
         if "conversations" in dataset.column_names:  # rows of either kind, even mixed

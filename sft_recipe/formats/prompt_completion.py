@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import DataError
 from .base import Form, Format, check_strings, kind
+from .conversation import with_joined_parts
 from .messages import MESSAGES
 
 
@@ -38,6 +39,10 @@ class PromptCompletion(Format):
     required = ("prompt", "completion")
     string_columns = ("prompt", "completion")
     help = "prompt and completion strings, no template (or both as message lists: a conversation)"
+
+    def uniform(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Conversational prompt/completion rows may carry content parts too (`messages.uniform`)."""
+        return with_joined_parts(row, "prompt", "completion")
 
     def to_form(self, row: dict[str, Any], where: str) -> dict[str, Any]:
         self.check_columns(row, where)
