@@ -53,7 +53,10 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     check = None
     if config.generation_eval_samples:  # `evaluate` (and scipy.stats) cost 27 MiB for the whole run otherwise
         from .commands.evaluation import generation_check as check
-    train(config, check)  # ends with the summary block (best model, time, paths, next commands)
+    scorer = None
+    if config.bench_tasks:  # lm-evaluation-harness is an optional extra: imported only when asked for
+        from .commands.bench import bench_best as scorer
+    train(config, check, scorer)  # ends with the summary block (best model, time, paths, next commands)
     return 0
 
 
@@ -79,39 +82,11 @@ def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
-    from .commands.chat import read_tools
-    from .data.chat_template import chat_prompt, stop_token_ids
-    from .formats import Form, get_format
-    from .model.generate import generate_answers
-    from .model.load import load_for_inference
-    from .rundir.layout import read_saved_recipe
+    from .commands.chat import generate_command
 
     reject_overrides(overrides)
     check_generation_options(args)
-    if args.raw and not args.text.strip():
-        raise UserError("command line: --raw needs some text to continue, got an empty one")
-    tools = read_tools(args.tools)
-    model, tokenizer = load_for_inference(args.model_dir)
-    recipe = read_saved_recipe(args.model_dir)
-    # A model without a saved recipe (a plain hub or save_pretrained model) continues raw text.
-    fmt = None if args.raw or "dataset_format" not in recipe else get_format(recipe["dataset_format"])
-    chat = fmt is not None and fmt.form is Form.CHAT
-    if tools and not chat:
-        raise UserError(f"--tools: {args.model_dir} was not trained on chat data (dataset_format "
-                        f"{fmt.name if fmt else 'text'}); tools are rendered by a chat template")
-    if chat:
-        kwargs = recipe.get("chat_template_kwargs") or {}
-        content = args.text + (f"\n{args.input}" if args.input else "")  # as builtin:tasks-chat writes it
-        prompt = chat_prompt(tokenizer, [{"role": "user", "content": content}], tools, kwargs)
-        stops = stop_token_ids(tokenizer, kwargs)
-    else:
-        prompt, stops = (fmt.prompt(args.text, args.input) if fmt else args.text), None
-    (answer,) = generate_answers(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
-                                 user_text=[args.text, args.input or ""] if chat else [],
-                                 temperature=args.temperature, top_p=args.top_p, stop_token_ids=stops,
-                                 add_special_tokens=not chat)  # the template has BOS
-    print(args.text + answer if args.raw else answer)
-    return 0
+    return generate_command(args)
 
 
 def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -143,24 +118,15 @@ def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
-    import json
-    from pathlib import Path
+    from .commands.evaluation import eval_command
 
-    from .rundir.layout import RECIPE_FILENAME, RESULTS_FILENAME
-    from .commands.evaluation import evaluate_saved, write_results
-    from .rundir.paths import writable_file
-    from .recipe.files import load_recipe
+    return eval_command(args.model_dir, args.recipe, args.output, overrides)
 
-    recipe = args.recipe or Path(args.model_dir) / RECIPE_FILENAME
-    if not Path(args.model_dir).is_dir():
-        raise UserError(f"{args.model_dir}: model directory not found")
-    output = writable_file(args.output or Path(args.model_dir) / RESULTS_FILENAME, "--output")
-    config = load_recipe(recipe, overrides)
-    metrics = evaluate_saved(args.model_dir, config)
-    path = write_results(metrics, output)
-    print(json.dumps(metrics, indent=2, sort_keys=True))
-    print(f"wrote {path}", flush=True)
-    return 0
+
+def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .commands.bench import bench_command
+
+    return bench_command(args)
 
 
 def cmd_launch(args: argparse.Namespace, rest: list[str]) -> int:
@@ -239,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recipe YAML (default: the sft_recipe.yaml saved in model_dir)")
     p.add_argument("--output", default=None, help="metrics JSON path (default: model_dir/eval_results.json)")
     p.set_defaults(func=cmd_eval, takes_overrides=True)
+
+    p = sub.add_parser("bench", help="benchmark scores through lm-evaluation-harness (pip install -e '.[bench]')")
+    p.add_argument("model_dir", help="any saved model or LoRA adapter directory, e.g. outputs/run/best or a base model")
+    p.add_argument("--tasks", required=True, help="harness task names, comma-separated (lm-eval ls tasks)")
+    p.add_argument("--include_path", default=None, help="a folder of local task YAMLs (they may read local JSON)")
+    p.add_argument("--limit", type=float, default=None, help="at most this many examples per task (< 1: a share)")
+    p.add_argument("--num_fewshot", type=int, default=None, help="few-shot examples per prompt (the task's default)")
+    p.add_argument("--batch_size", type=int, default=8, help="generation and scoring batch size")
+    p.add_argument("--chat_template", choices=["auto", "on", "off"], default="auto",
+                   help="auto: the model's own template when it was trained on conversations (docs/evaluation.md)")
+    p.add_argument("--system", default=None, help="a system prompt for chat-templated tasks")
+    p.set_defaults(func=cmd_bench, takes_overrides=False)
 
     p = sub.add_parser("launch", help="accelerate launch, with a lost machine ending in one line",
                        description="sft-recipe launch [accelerate launch options] train RECIPE [--key value]: "

@@ -10,12 +10,15 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..data.chat_template import chat_prompt, stop_token_ids
 from ..formats.conversation import normalise_messages
 from ..errors import UserError
+from ..formats import Form, get_format
 from ..model.generate import generate_answers
+from ..model.load import load_for_inference
+from ..rundir.layout import read_saved_recipe
 
 
 def read_tools(path: str | None) -> list[dict] | None:
@@ -83,3 +86,31 @@ def chat_loop(model, tokenizer, stdin: TextIO = sys.stdin, stdout: TextIO = sys.
             continue
         history.append({"role": "assistant", "content": answer})
         print(f"assistant> {answer}", file=stdout, flush=True)
+
+
+def generate_command(args: Any) -> int:
+    """`sft-recipe generate MODEL_DIR TEXT`: one answer, in the template the model was trained with."""
+    if args.raw and not args.text.strip():
+        raise UserError("command line: --raw needs some text to continue, got an empty one")
+    tools = read_tools(args.tools)
+    model, tokenizer = load_for_inference(args.model_dir)
+    recipe = read_saved_recipe(args.model_dir)
+    # A model without a saved recipe (a plain hub or save_pretrained model) continues raw text.
+    fmt = None if args.raw or "dataset_format" not in recipe else get_format(recipe["dataset_format"])
+    chat = fmt is not None and fmt.form is Form.CHAT
+    if tools and not chat:
+        raise UserError(f"--tools: {args.model_dir} was not trained on chat data (dataset_format "
+                        f"{fmt.name if fmt else 'text'}); tools are rendered by a chat template")
+    if chat:
+        kwargs = recipe.get("chat_template_kwargs") or {}
+        content = args.text + (f"\n{args.input}" if args.input else "")  # as builtin:tasks-chat writes it
+        prompt = chat_prompt(tokenizer, [{"role": "user", "content": content}], tools, kwargs)
+        stops = stop_token_ids(tokenizer, kwargs)
+    else:
+        prompt, stops = (fmt.prompt(args.text, args.input) if fmt else args.text), None
+    (answer,) = generate_answers(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
+                                 user_text=[args.text, args.input or ""] if chat else [],
+                                 temperature=args.temperature, top_p=args.top_p, stop_token_ids=stops,
+                                 add_special_tokens=not chat)  # the template has BOS
+    print(args.text + answer if args.raw else answer)
+    return 0

@@ -22,6 +22,10 @@ from ..model.generate import generate_answers
 from .metrics import normalise_answer, score_generations
 from ..model.load import load_for_inference
 from ..training.arguments import to_training_arguments
+from ..errors import UserError
+from ..recipe.files import load_recipe
+from ..rundir.layout import RECIPE_FILENAME, RESULTS_FILENAME
+from ..rundir.paths import writable_file
 
 log = logging.getLogger("sft_recipe")
 
@@ -74,3 +78,17 @@ def generation_check(config: SFTConfig, trainer, tokenizer, data: PreparedData, 
             msg += f"  (untrained model: {before['eval_exact_match']:.1%}, {before['eval_rouge_l']:.3f})"
         print(msg, flush=True)
     return scores
+
+
+def eval_command(model_dir: str, recipe: str | None, output: str | None, overrides: list[str]) -> int:
+    """`sft-recipe eval MODEL_DIR [RECIPE]`: the recipe saved beside the model unless one is given."""
+    recipe_path = recipe or Path(model_dir) / RECIPE_FILENAME
+    if not Path(model_dir).is_dir():
+        raise UserError(f"{model_dir}: model directory not found")
+    output_path = writable_file(output or Path(model_dir) / RESULTS_FILENAME, "--output")
+    config = load_recipe(recipe_path, overrides)
+    metrics = evaluate_saved(model_dir, config)
+    path = write_results(metrics, output_path)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    print(f"wrote {path}", flush=True)
+    return 0

@@ -22,6 +22,7 @@ from ..errors import RecipeError, UserError, did_you_mean
 from ..recipe.config import SFTConfig
 from ..recipe.keys import BUILTIN_CALLBACKS
 from ..training.callbacks import import_callback
+from .bench import harness, known_tasks
 
 # Loggers and the package each needs (the integration's own name, where it differs).
 LOGGER_PACKAGES = {"azure_ml": "azureml", "comet_ml": "comet_ml", "neptune": "neptune", "clearml": "clearml",
@@ -117,6 +118,17 @@ def check_space(config: SFTConfig) -> None:
                         f"state)")
 
 
+def check_bench(config: SFTConfig) -> None:
+    """`bench_tasks:` runs after training: the harness and every task are checked before, not hours later."""
+    if not config.bench_tasks:
+        return
+    if config.bench_include_path is not None and not Path(config.bench_include_path).is_dir():
+        raise RecipeError(f"recipe key 'bench_include_path': {config.bench_include_path} is not a folder")
+    _, _, task_manager = harness()
+    manager = task_manager(include_path=config.bench_include_path) if config.bench_include_path else task_manager()
+    known_tasks(manager, list(config.bench_tasks))
+
+
 def preflight(config: SFTConfig) -> None:
     """All of the above, in recipe order; called before data preparation."""
     check_loggers(config.report_to)
@@ -126,3 +138,4 @@ def preflight(config: SFTConfig) -> None:
     check_attention(config.attn_implementation)
     check_precision(config.precision)
     check_space(config)
+    check_bench(config)

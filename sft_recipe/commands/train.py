@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .build import build_trainer
@@ -34,7 +35,8 @@ log = logging.getLogger("sft_recipe")
 GenerationCheck = Callable[..., dict[str, float]]  # `commands.evaluation.generation_check`
 
 
-def train(config: SFTConfig, generation_check: GenerationCheck | None = None) -> dict[str, Any]:
+def train(config: SFTConfig, generation_check: GenerationCheck | None = None,
+          bench: Callable[[Path, SFTConfig], dict] | None = None) -> dict[str, Any]:
     """Run the recipe; returns the final metrics. Writes `output_dir/best` and prints the summary
     on the main process. `generation_check` scores generated answers when the recipe asks for
     `generation_eval_samples`; the command line passes it only then, so that other runs never
@@ -48,10 +50,11 @@ def train(config: SFTConfig, generation_check: GenerationCheck | None = None) ->
     args = to_training_arguments(config)
     writable_dir(config.output_dir, "output_dir")
     with output_dir_lock(config.output_dir, main_process=args.process_index == 0), peers_watched(config.output_dir):
-        return run(config, args, started, generation_check)
+        return run(config, args, started, generation_check, bench)
 
 
-def run(config: SFTConfig, args, started: float, generation_check: GenerationCheck | None) -> dict[str, Any]:
+def run(config: SFTConfig, args, started: float, generation_check: GenerationCheck | None,
+        bench: Callable[[Path, SFTConfig], dict] | None = None) -> dict[str, Any]:
     """`train` once the output_dir is ours: resume rules, checks, data, training, best/."""
     resume_from = prepare_output_dir(config, args)
     finished = check_resume(config, resume_from)
@@ -91,6 +94,11 @@ def run(config: SFTConfig, args, started: float, generation_check: GenerationChe
         best = save_best(trainer, config, metrics)
         if trainer.is_world_process_zero():
             mark_finished(config, trainer.state.global_step)
+    if config.bench_tasks and bench is None:
+        raise ValueError("bench_tasks needs train(config, check, commands.bench.bench_best)")
+    if bench is not None and trainer.is_world_process_zero():  # before the push: the card carries the scores
+        metrics["bench"] = bench(best, config)
+        trainer.save_metrics("eval", metrics)
     if config.push_to_hub and trainer.is_world_process_zero():
         push_best(best, config)
     finish_reporting(config)

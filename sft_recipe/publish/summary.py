@@ -35,6 +35,8 @@ def format_summary(config: SFTConfig, state, metrics: dict[str, Any], train_seco
         if untrained:
             match += f" (untrained model: {untrained['eval_exact_match']:.1%})"
         lines.append(match)
+    for task, scores in sorted((metrics.get("bench") or {}).items()):
+        lines.append(f"bench        {task}: " + ", ".join(f"{name} {value:.4g}" for name, value in scores.items()))
     tokens = f"{state.num_input_tokens_seen:,} tokens ({trainable_tokens:,} trainable)" \
         if state.num_input_tokens_seen else f"{trainable_tokens:,} trainable tokens"
     lines.append(f"trained      {state.global_step} steps in {duration(train_seconds)}, {tokens}")

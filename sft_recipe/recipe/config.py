@@ -168,6 +168,13 @@ class SFTConfig:
         None, "Stop after N evaluations without eval-loss improvement.", EVALUATION, "run", EXTENDS, check=positive)
     sample_prompts: list[str] = key(help="Fixed prompts whose generations are logged at each eval.",
                                     section=EVALUATION, goes="run", resume=FREE, factory=list)
+    bench_tasks: list[str] = key(help="After training, lm-evaluation-harness tasks scored on best/ (pip install -e "
+                                      "'.[bench]'; docs/evaluation.md).", section=EVALUATION, goes="run",
+                                 resume=FREE, factory=list)
+    bench_include_path: str | None = key(None, "A folder of local harness task YAMLs for bench_tasks.", EVALUATION,
+                                         "run", FREE)
+    bench_limit: float | None = key(None, "At most this many examples per bench task (< 1: a share).", EVALUATION,
+                                    "run", FREE, check=positive)
     overwrite_output_dir: bool = key(False, "Start fresh instead of resuming from the last checkpoint.",
                                      EVALUATION, "run", FREE)
     push_to_hub: bool = key(False, "Push best/ to the hub at the end.", EVALUATION, "run", FREE)

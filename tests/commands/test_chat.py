@@ -111,7 +111,7 @@ def test_train_then_generate_and_chat_from_best(tmp_path, bpe_tokenizer_dir, cap
     assert out.count("assistant> ") == 3 and "(history cleared)" in out
 
     prompts = []  # an Alpaca-style --input goes into the chat message, on a line of its own
-    monkeypatch.setattr("sft_recipe.model.generate.generate_answers", lambda _m, _t, ps, **_: prompts.extend(ps) or ["x"])
+    monkeypatch.setattr("sft_recipe.commands.chat.generate_answers", lambda _m, _t, ps, **_: prompts.extend(ps) or ["x"])
     assert main(["generate", str(best), "count:", "--input", "cat cat"]) == 0
     assert "<|im_start|>user\ncount:\ncat cat<|im_end|>" in prompts[0]
 
