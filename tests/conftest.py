@@ -26,6 +26,12 @@ os.environ.update(
     HF_DATASETS_DISABLE_PROGRESS_BARS="1",
 )
 
+import sys  # noqa: E402
+
+# Test modules import helpers from sibling folders' tests (`from test_trainer import ...`): make that
+# independent of which folders pytest happened to collect first.
+sys.path[:0] = [str(folder) for folder in sorted(Path(__file__).parent.iterdir())
+                if folder.is_dir() and not folder.name.startswith((".", "__"))]
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

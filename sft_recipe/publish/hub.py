@@ -44,10 +44,12 @@ def push_best(best: str | Path, config: SFTConfig) -> str:
 
 
 def transport_errors() -> tuple[type[BaseException], ...]:
-    """Connection errors of the HTTP client huggingface_hub uses (httpx2 or httpx, by version)."""
+    """Connection errors of every HTTP client that imports (huggingface_hub uses httpx2 or httpx, by
+    version, and both may be installed: returning the first one's missed the other's errors)."""
+    errors = []
     for name in ("httpx2", "httpx"):
         try:
-            return (__import__(name).TransportError,)
+            errors.append(__import__(name).TransportError)
         except (ImportError, AttributeError):
             continue
-    return ()
+    return tuple(errors)
