@@ -129,6 +129,12 @@ def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     return bench_command(args)
 
 
+def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
+    from .commands.plan import plan_command
+
+    return plan_command(args.recipe, overrides, args.memory, args.device)
+
+
 def cmd_launch(args: argparse.Namespace, rest: list[str]) -> int:
     from .commands.launch import launch
 
@@ -205,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recipe YAML (default: the sft_recipe.yaml saved in model_dir)")
     p.add_argument("--output", default=None, help="metrics JSON path (default: model_dir/eval_results.json)")
     p.set_defaults(func=cmd_eval, takes_overrides=True)
+
+    p = sub.add_parser("plan", help="predict the memory of a training and an evaluation step, part by part")
+    p.add_argument("recipe", help="recipe YAML (recipe keys may follow as --key value)")
+    p.add_argument("--memory", default=None, help="a budget (6GiB): print the settings that fit it")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the run will train")
+    p.set_defaults(func=cmd_plan, takes_overrides=True)
 
     p = sub.add_parser("bench", help="benchmark scores through lm-evaluation-harness (pip install -e '.[bench]')")
     p.add_argument("model_dir", help="any saved model or LoRA adapter directory, e.g. outputs/run/best or a base model")

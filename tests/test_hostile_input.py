@@ -138,7 +138,7 @@ def test_zero_or_negative_sizes(run_cli, key, value):
 def test_wrong_type_names_the_key(run_cli):
     code, _, err = run_cli(batch_size="eight")
     assert code == 2
-    assert "recipe key 'batch_size' expects int, got 'eight'" in error_line(err)
+    assert "recipe key 'batch_size' expects int or one of 'auto', got 'eight'" in error_line(err)
 
 
 def test_token_in_training_args_is_refused(run_cli):
@@ -277,7 +277,7 @@ def test_fuzzed_recipes_give_a_recipe_error_or_a_config(tmp_path_factory, recipe
     except RecipeError as exc:
         assert "\n" not in str(exc) and str(path) in str(exc)
         return
-    assert config.batch_size > 0 and config.max_length > 0 and 0 < config.eval_fraction < 1
+    assert config.batch_size > 0 and config.max_length > 0 and 0 <= config.eval_share < 1
 
 
 # --- untrusted files -------------------------------------------------------------------------

@@ -3,10 +3,12 @@ both score rows with exactly the same batching and loss."""
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from transformers import set_seed
 
 from ..training.callbacks import build_callbacks, loggers_last
@@ -68,9 +70,10 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
         tile_mlps(model, config.mlp_tile_tokens)
     args.ddp_find_unused_parameters = has_experts(model)  # an expert may get no token in a step
     # Evaluation rows, and for the train/valid loss (train_sample_loss) as many fixed training rows
-    eval_rows, eval_parts = eval_rows_and_parts(data, config.max_eval_samples, config.seed)
+    eval_rows, eval_parts = eval_rows_and_parts(data, config.max_eval_samples, config.seed) if config.evaluates \
+        else (None, None)  # no evaluation: no eval rows, no train sample, best/ is the last step
     train_sample = sample_train_rows(data.train, len(eval_rows), config.seed) \
-        if config.resolved_eval_train_sample and not config.streaming else None
+        if eval_rows is not None and config.resolved_eval_train_sample and not config.streaming else None
     streamed = [StreamStateCallback(data.train)] if config.streaming else []  # before the completion marker
     stop = StopOnSignal()  # SIGTERM / Ctrl-C: save at the next step end, then exit non-zero
     trainer = SFTTrainer(
@@ -79,10 +82,18 @@ def build_trainer(config: SFTConfig, args, tokenizer, data: PreparedData,
         callbacks=[*build_callbacks(config, tokenizer, data), *streamed, CheckpointCompleteCallback(config), stop],
         loss_chunk_size=loss_chunk_size(config, vocabulary(model)), train_sample=train_sample, recipe=config,
         eval_parts=eval_parts)
-    trainer.verify_loss(eval_rows)  # the fast loss proves itself on this model before any step
+    # the fast loss proves itself on this model before any step (on training rows when none are held out)
+    trainer.verify_loss(eval_rows if eval_rows is not None else first_rows(data.train))
     use_console(trainer)  # one live bar or plain lines, one line per evaluation; no raw dicts
     loggers_last(trainer)  # throughput and nan_guard add to the logs before wandb/tensorboard report them
     return trainer, stop
+
+
+def first_rows(train, n: int = 2):
+    """A few training rows, for the loss check of a run without evaluation rows (a stream: its first)."""
+    if isinstance(train, torch.utils.data.IterableDataset):  # a copy: the stream's own position must not move
+        return [row for row, _ in zip(copy.deepcopy(train), range(n))] or None
+    return train.select(range(min(n, len(train))))
 
 
 def vocabulary(model) -> int | None:

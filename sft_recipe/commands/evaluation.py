@@ -32,6 +32,9 @@ log = logging.getLogger("sft_recipe")
 
 def evaluate_saved(model_dir: str | Path, config: SFTConfig) -> dict[str, Any]:
     """Metrics of the model (or LoRA adapter) in `model_dir` on the recipe's held-out split."""
+    if not config.evaluates:
+        raise UserError("eval: the recipe has no evaluation rows (eval_fraction: 0 or streaming_eval_examples: 0, "
+                        "no eval_dataset); give an eval_dataset, e.g. --eval_dataset data/test.jsonl")
     model, tokenizer = load_for_inference(model_dir)  # its saved tokenizer carries any chat template
     data = prepare_data(config, tokenizer)
     log.info("data: %s", describe_stats(data.stats))

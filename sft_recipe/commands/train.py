@@ -27,6 +27,7 @@ from ..rundir.resume import check_resume, mark_finished
 from ..rundir.best import save_best
 from ..rundir.stream_state import restore_stream
 from ..publish.summary import format_summary
+from ..training.memory_budget import PeakAfterFirstStep, fit_memory, out_of_memory
 from ..training.arguments import to_training_arguments
 from ..training.signals import peers_watched
 from ..training.host_memory import release_unused_memory
@@ -45,16 +46,27 @@ def train(config: SFTConfig, generation_check: GenerationCheck | None = None,
         raise ValueError("generation_eval_samples needs train(config, commands.evaluation.generation_check)")
     started = time.perf_counter()
     preflight(config)  # every name the recipe gives, before any data is prepared
+    config, plan = choose_memory_settings(config)  # memory_budget / batch_size: auto, before the arguments
     # 1. setup: arguments first (they check `training_args` and initialise the distributed state),
     # then the output_dir, owned by this run until it ends (lock.py)
     args = to_training_arguments(config)
     writable_dir(config.output_dir, "output_dir")
     with output_dir_lock(config.output_dir, main_process=args.process_index == 0), peers_watched(config.output_dir):
-        return run(config, args, started, generation_check, bench)
+        return run(config, args, started, generation_check, bench, plan)
+
+
+def choose_memory_settings(config: SFTConfig):
+    """The recipe with the memory plan's choice in it (`training/memory_budget.py`), when it asks for one."""
+    if config.memory_budget is None and config.batch_size != "auto":
+        return config, None
+    tokenizer = load_tokenizer(config.resolved_tokenizer_name, config.trust_remote_code)
+    setup_chat_template(tokenizer, config)  # its added tokens grow the vocabulary the plan measures
+    resuming = not config.overwrite_output_dir and any(Path(config.output_dir).glob("checkpoint-*"))
+    return fit_memory(config, tokenizer, resuming)
 
 
 def run(config: SFTConfig, args, started: float, generation_check: GenerationCheck | None,
-        bench: Callable[[Path, SFTConfig], dict] | None = None) -> dict[str, Any]:
+        bench: Callable[[Path, SFTConfig], dict] | None = None, plan=None) -> dict[str, Any]:
     """`train` once the output_dir is ours: resume rules, checks, data, training, best/."""
     resume_from = prepare_output_dir(config, args)
     finished = check_resume(config, resume_from)
@@ -71,16 +83,18 @@ def run(config: SFTConfig, args, started: float, generation_check: GenerationChe
 
     # 3. model and trainer
     trainer, stop = build_trainer(config, args, tokenizer, data, new_token_ids)
+    if plan is not None:
+        trainer.add_callback(PeakAfterFirstStep(plan))
 
     # 4. train (resuming if a complete checkpoint exists), then evaluate the best model
     before = generation_check(config, trainer, tokenizer, data, "untrained") if generation_check else None
     if config.streaming and resume_from is not None:
         restore_stream(data.train, resume_from, args)  # continue the stream where the checkpoint left it
     release_unused_memory()
-    with disk_errors(config), stop.handling_signals():
+    with disk_errors(config), stop.handling_signals(), out_of_memory(config):
         result = trainer.train(resume_from_checkpoint=resume_from)
     stop.raise_if_stopped(config.output_dir)
-    metrics = best_model_metrics(trainer)
+    metrics = best_model_metrics(trainer) if config.evaluates else {}  # no evaluation: best/ is the last step
     if generation_check:
         generated = generation_check(config, trainer, tokenizer, data, "trained", before)
         trainer.log(generated)  # to wandb / tensorboard as eval/exact_match, eval/rouge_l

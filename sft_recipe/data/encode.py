@@ -108,6 +108,8 @@ def to_columns(results: list[Encoded], numbers: list[int]) -> dict[str, list]:
 
 def encode_rows(dataset, tokenizer, config: SFTConfig, report: FidelityReport | None = None):
     """Normalised rows -> (masked training rows, counts), in a batched map whose cache a second run reuses."""
+    if len(dataset) == 0:  # nothing held out (eval_fraction: 0) or nothing left to train: no map to run
+        return summarise(datasets.Dataset.from_dict({name: [] for name in FEATURES}, features=FEATURES), 0, report)
     encoder = RowEncoder(tokenizer, config)
     numbered = "source_row" in dataset.column_names  # set by validation: the row as the file numbers it
 

@@ -90,7 +90,7 @@ def split_files(path: Path, split: str | None) -> list[Path]:
     patterns = datasets.data_files.get_data_patterns(str(path))
     resolved = datasets.data_files.DataFilesDict.from_patterns(patterns, base_path=str(path))
     if split not in resolved:
-        raise DataError(f"{path}: no split '{split}' (splits: {', '.join(resolved)})")
+        raise DataError(f"{path}: no split '{split}' (splits: {', '.join(map(str, resolved))})")
     return [Path(f) for f in resolved[split]]
 
 

@@ -119,10 +119,10 @@ def fit_turns(input_ids: list[int], labels: list[int], max_length: int) -> tuple
     return Example(list(input_ids[:cut]), list(labels[:cut]), truncated=True), ""
 
 
-def to_blocks(ids, max_length: int, name: str):
+def to_blocks(ids, max_length: int, name: str, allow_empty: bool = False):
     """`[n_blocks, max_length]` rows with labels == input_ids, sharing one Arrow buffer."""
     n_blocks = len(ids) // max_length
-    if n_blocks == 0:
+    if n_blocks == 0 and not allow_empty:
         raise DataError(f"the {name} split has {len(ids)} tokens, fewer than one block of max_length={max_length}; "
                         "use more text, a smaller max_length or a different eval_fraction")
     flat = pa.array(ids.slice(0, n_blocks * max_length).to_numpy(zero_copy_only=False), pa.int64())

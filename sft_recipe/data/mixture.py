@@ -36,7 +36,8 @@ def source_config(config: SFTConfig, source: DataSource) -> SFTConfig:
     """The recipe as if `source` were its only `dataset:`; every per-source step reuses it."""
     return dataclasses.replace(config, dataset=source.path, datasets=None,  # type: ignore[arg-type]
                                dataset_format=source.format, dataset_split=source.split, dataset_config=source.config,
-                               max_examples=source.max_examples, columns=source.columns)
+                               max_examples=source.max_examples, columns=source.columns, eval_dataset=None,
+                               eval_split=None, eval_fraction=None)
 
 
 def integer_weights(weights: list[float]) -> list[int]:
@@ -83,7 +84,7 @@ def uniform_rows(rows) -> Any:
     rows = rows.select_columns(["input_ids", "labels"])
     if rows.features != ROW_FEATURES:
         rows = rows.cast(ROW_FEATURES)
-    lengths = pc.list_value_length(rows.data.column("input_ids")).to_numpy()
+    lengths = pc.list_value_length(rows.with_format("arrow")["input_ids"]).to_numpy()  # selected rows only
     return rows.add_column("length", lengths.astype(np.int64).tolist())
 
 

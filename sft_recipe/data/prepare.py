@@ -45,16 +45,26 @@ BARS_FROM_FILE_BYTES = 64 * 2**20
 
 def prepare_data(config: SFTConfig, tokenizer) -> PreparedData:
     """Load, validate, split and tokenize: exactly the rows training will see."""
-    if config.streaming and config.datasets:  # see stream_mixture.py: one stream per source, interleaved
-        return PreparedData(*prepare_stream_mixture(config, tokenizer))
-    if config.streaming:  # see streaming.py: training rows made on the fly, eval rows from the stream's start
-        return PreparedData(*prepare_stream(config, tokenizer))
+    if config.streaming:  # streaming.py: training rows made on the fly, eval rows from the stream's start;
+        data = PreparedData(*prepare_stream_mixture(config, tokenizer)) if config.datasets else \
+            PreparedData(*prepare_stream(config, tokenizer))  # stream_mixture.py: one stream per source
+        for s in [s for s in config.datasets or [] if s.eval]:  # an entry's own evaluation rows, read whole
+            rows = with_eval_sets(data, config, [s.eval], tokenizer, named=False)
+            data.eval_parts = {**(data.eval_parts or {}), s.name: rows.eval}
+            data.stats["sources"][s.name].update(eval_rows=len(rows.eval), eval=rows.stats["eval"])
+            data.eval = datasets.concatenate_datasets(list(data.eval_parts.values()))
+            data.stats["eval"] = total_stats([source["eval"] for source in data.stats["sources"].values()])
+            data.eval_raw = concat_or_none([data.eval_raw, rows.eval_raw]) if len(data.eval) > len(rows.eval) \
+                else rows.eval_raw
+        return with_eval_sets(data, config, config.eval_sets, tokenizer) if config.eval_sets else data
     if is_prepared(config.dataset):  # `preprocess --output`: the rows as they were prepared
         return load_prepared(config.dataset, tokenizer, config.max_length)
     data, where = cached(config, tokenizer)
     if data is not None:
         return data
     data = prepare_mixture(config, tokenizer) if config.datasets else prepare_source(config, tokenizer)
+    if config.eval_sets:
+        data = with_eval_sets(data, config, config.eval_sets, tokenizer)
     if config.packing == "bfd":  # train rows only: eval scores rows, and its loss is per token anyway
         data.train, data.stats["packing"] = pack_rows(data.train, config.max_length, config.seed)
     if where is not None and PartialState().is_local_main_process:
@@ -63,47 +73,70 @@ def prepare_data(config: SFTConfig, tokenizer) -> PreparedData:
 
 
 def prepare_mixture(config: SFTConfig, tokenizer) -> PreparedData:
-    """Each source prepared (and split) on its own, so every source is evaluated; the training rows
-    drawn by weight (see `mixture.py`); the held-out rows of every source kept whole."""
+    """Each source prepared (and split, unless it has its own `eval:` rows) on its own, so every source
+    is evaluated; the training rows drawn by weight (see `mixture.py`); the held-out rows of every
+    source kept whole."""
     sources = config.datasets or []
-    prepared = [prepare_source(source_config(config, s), tokenizer) for s in sources]
+    prepared = []
+    for s in sources:
+        part = prepare_source(source_config(config, s), tokenizer, 0.0 if s.eval else config.eval_share)
+        prepared.append(with_eval_sets(part, config, [s.eval], tokenizer, named=False) if s.eval else part)
     train, counts = mix([uniform_rows(p.train) for p in prepared], sources, config.seed)
-    eval_parts = {s.name: uniform_rows(p.eval) for s, p in zip(sources, prepared)}
+    eval_parts = {s.name: uniform_rows(p.eval) for s, p in zip(sources, prepared) if len(p.eval)}
     stats: dict[str, Any] = {name: total_stats([p.stats[name] for p in prepared]) for name in ("train", "eval")}
     stats["sources"] = {
         s.name: {"path": s.path, "format": s.format, "weight": s.weight, "available": len(p.train), "drawn": n,
                  "eval_rows": len(p.eval), "train": p.stats["train"], "eval": p.stats["eval"]}
         for s, p, n in zip(sources, prepared, counts)
     }
-    eval_rows = datasets.concatenate_datasets(list(eval_parts.values()))
-    return PreparedData(train, eval_rows, concat_or_none([p.eval_raw for p in prepared]), stats, eval_parts)
+    eval_rows = datasets.concatenate_datasets(list(eval_parts.values())) if eval_parts else \
+        uniform_rows(prepared[0].eval)
+    return PreparedData(train, eval_rows, concat_or_none([p.eval_raw for p in prepared if len(p.eval)]), stats,
+                        eval_parts or None)
 
 
-def prepare_source(config: SFTConfig, tokenizer) -> PreparedData:
-    """One source: load, validate, split and tokenize."""
+def prepare_source(config: SFTConfig, tokenizer, share: float | None = None) -> PreparedData:
+    """One source: load, validate, split (`share` of its rows held out; the recipe's by default) and tokenize."""
     source = config.dataset or ""
     small_file = is_builtin(source) or (os.path.isfile(source) and os.path.getsize(source) < BARS_FROM_FILE_BYTES)
     with progress_bars(interactive() and not small_file):
         raw, dropped_empty = load_raw(config)
     with progress_bars(interactive() and len(raw) >= BARS_FROM_ROWS):
-        return tokenize_splits(config, tokenizer, raw, dropped_empty)
+        return tokenize_splits(config, tokenizer, raw, dropped_empty, config.eval_share if share is None else share)
 
 
-def tokenize_splits(config: SFTConfig, tokenizer, raw, dropped_empty: int) -> PreparedData:
-    """Split the loaded rows (by position for text) and tokenize both parts."""
+def with_eval_sets(data: PreparedData, config: SFTConfig, sets: list, tokenizer, named: bool = True) -> PreparedData:
+    """`data` evaluated on evaluation sets of their own (each read whole, with the same validation,
+    fidelity audit and counts as training rows) instead of held-out rows; several sets are also
+    reported one by one (`eval_<name>_loss`)."""
+    parts = {s.name: prepare_source(source_config(config, s), tokenizer, 1.0) for s in sets}
+    rows = {name: uniform_rows(p.eval) for name, p in parts.items()}
+    stats = dict(data.stats, eval=total_stats([p.stats["eval"] for p in parts.values()]))
+    several = named and len(sets) > 1
+    if several:
+        stats["eval_sets"] = {name: p.stats["eval"] for name, p in parts.items()}
+    eval_rows = datasets.concatenate_datasets(list(rows.values())) if len(rows) > 1 else next(iter(rows.values()))
+    eval_raw = concat_or_none([p.eval_raw for p in parts.values()])
+    return PreparedData(data.train, eval_rows, eval_raw, stats, rows if several else data.eval_parts)
+
+
+def tokenize_splits(config: SFTConfig, tokenizer, raw, dropped_empty: int, share: float) -> PreparedData:
+    """Split the loaded rows (by position for text; 0 and 1 keep them all on one side) and tokenize both."""
     source = config.dataset or ""
     if config.form is Form.TEXT:
-        train, eval_, split_stats = tokenize_text(raw, tokenizer, config.max_length, config.eval_fraction,
+        train, eval_, split_stats = tokenize_text(raw, tokenizer, config.max_length, share,
                                                   add_eos=not is_one_text(source), num_proc=config.num_proc)
         return PreparedData(train, eval_, None, {k: v.to_dict() for k, v in split_stats.items()})
-    train_raw, eval_raw = split_rows(raw, config.eval_fraction, config.seed, source)
+    train_raw, eval_raw = split_rows(raw, share, config.seed, source)
     report = FidelityReport(source)
     (train, train_stats), (eval_, eval_stats) = (encode_rows(part, tokenizer, config, report)
                                                  for part in (train_raw, eval_raw))
     enforce_fidelity(report, config)
-    stats = {"train": train_stats.add(TokenStats(rows=dropped_empty, dropped_empty=dropped_empty)), "eval": eval_stats}
+    stats = {"train": train_stats, "eval": eval_stats}
+    side = "eval" if share >= 1.0 else "train"  # where the rows dropped before the split would have gone
+    stats[side] = stats[side].add(TokenStats(rows=dropped_empty, dropped_empty=dropped_empty))
     for name, part in (("train", train), ("eval", eval_)):
-        if len(part) == 0:
+        if len(part) == 0 and (share < 1.0 if name == "train" else share > 0.0):
             raise DataError(f"{source}: the {name} split is empty after filtering ({stats[name].summary()}); "
                             f"raise max_length (now {config.max_length}) or check the data")
     return PreparedData(train, eval_, eval_raw, {k: v.to_dict() for k, v in stats.items()})
@@ -155,7 +188,11 @@ def load_raw(config: SFTConfig):
 
 
 def split_rows(dataset, eval_fraction: float, seed: int, source: str):
-    """Hold out a seeded random `eval_fraction` of rows (text data is split by position instead)."""
+    """Hold out a seeded random `eval_fraction` of rows (text data is split by position instead); 0
+    holds nothing out, 1 holds every row out (an evaluation set), both in file order."""
+    if eval_fraction <= 0.0 or eval_fraction >= 1.0:
+        nothing = dataset.select([])
+        return (dataset, nothing) if eval_fraction <= 0.0 else (nothing, dataset)
     if len(dataset) < 2:
         raise DataError(f"{source}: need at least 2 rows to hold out an eval split, got {len(dataset)}")
     parts = dataset.train_test_split(test_size=eval_fraction, seed=seed)

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 from typing import Any, Iterator
 
 import datasets
@@ -80,10 +81,12 @@ class MixedStream(torch.utils.data.IterableDataset):
 def prepare_stream_mixture(config: SFTConfig, tokenizer) -> tuple[MixedStream, Any, Any, dict[str, Any], dict]:
     """(training MixedStream, eval rows, held-out raw rows, stats, eval rows per source name)."""
     sources = config.datasets or []
-    parts = [prepare_stream(source_config(config, s), tokenizer) for s in sources]
+    # An entry with its own `eval:` rows holds nothing out of its stream (prepare.py reads them whole).
+    parts = [prepare_stream(dataclasses.replace(source_config(config, s), streaming_eval_examples=0) if s.eval
+                            else source_config(config, s), tokenizer) for s in sources]
     weights = [s.weight for s in sources]
     train = MixedStream([p[0] for p in parts], weights, [s.name for s in sources], history=history_size(config))
-    eval_parts = {s.name: uniform_rows(p[1]) for s, p in zip(sources, parts)}
+    eval_parts = {s.name: uniform_rows(p[1]) for s, p in zip(sources, parts) if len(p[1])}
     stats = {"eval": total_stats([p[3]["eval"] for p in parts]),
              "streaming": {"held_out_source_rows": {s.name: p[3]["streaming"]["held_out_source_rows"]
                                                     for s, p in zip(sources, parts)},
@@ -91,5 +94,5 @@ def prepare_stream_mixture(config: SFTConfig, tokenizer) -> tuple[MixedStream, A
              "sources": {s.name: {"path": s.path, "format": s.format, "weight": s.weight,
                                   "share": s.weight / sum(weights), "eval_rows": len(p[1]), "eval": p[3]["eval"]}
                          for s, p in zip(sources, parts)}}
-    eval_rows = datasets.concatenate_datasets(list(eval_parts.values()))
-    return train, eval_rows, concat_or_none([p[2] for p in parts]), stats, eval_parts
+    eval_rows = datasets.concatenate_datasets(list(eval_parts.values())) if eval_parts else uniform_rows(parts[0][1])
+    return train, eval_rows, concat_or_none([p[2] for p in parts if len(p[1])]), stats, eval_parts or None

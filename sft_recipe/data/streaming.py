@@ -1,7 +1,7 @@
 """`streaming: true`: training rows made on the fly from a stream, with a position that survives a kill.
 
 - **Held out:** the first `streaming_eval_examples` rows of the source (blocks, for text) are the
-  eval set, read the same way on every process and kept in memory as a normal `Dataset`, so
+  eval set (none with an `eval_dataset`, read whole in memory instead, or with 0: no evaluation), read the same way on every process and kept in memory as a normal `Dataset`, so
   evaluation is unchanged; the rows they came from are skipped by the training stream.
 - **Per process:** each process trains on every `world`-th remaining row (`node_share`).
 - **Tokenized on the fly:** SFT rows as in `tokenization.py`; text as one running token stream cut
@@ -219,7 +219,12 @@ def prepare_stream(config: SFTConfig, tokenizer) -> tuple[Any, Any, Any, dict[st
     if config.max_examples is not None:
         stream = stream.take(config.max_examples)
     encode = row_encoder(config, tokenizer, where)
-    eval_rows, eval_raw, used, eval_stats = held_out(stream, encode, config, where)
+    if config.streaming_eval_examples and not config.eval_sets:
+        eval_rows, eval_raw, used, eval_stats = held_out(stream, encode, config, where)
+    else:  # evaluation rows of their own (an eval_dataset, read whole), or none: nothing is held out
+        eval_rows, eval_raw, used, eval_stats = datasets.Dataset.from_dict(
+            {"input_ids": [], "labels": [], "length": []}, features=datasets.Features(
+                {name: FEATURES[name] for name in ("input_ids", "labels", "length")})), None, 0, TokenStats()
     state = PartialState()
     train_source = node_share(stream, used, state.process_index, state.num_processes)
     train = TokenStream(train_source, audited(encode, config, FidelityReport(where)),

@@ -59,7 +59,8 @@ def tokenize_text(dataset, tokenizer, max_length: int, eval_fraction: float, *, 
     split = int(len(stream) * (1.0 - eval_fraction))
     parts, stats = {}, {}
     for name, ids in (("train", stream[:split]), ("eval", stream[split:])):
-        parts[name] = to_blocks(ids, max_length, name)
+        unwanted = eval_fraction >= 1.0 if name == "train" else eval_fraction <= 0.0  # all rows on one side
+        parts[name] = to_blocks(ids, max_length, name, allow_empty=unwanted)
         n_tokens = len(parts[name]) * max_length
         stats[name] = TokenStats(rows=len(parts[name]), kept=len(parts[name]), tokens=n_tokens,
                                  trainable_tokens=n_tokens, dropped_tokens=len(ids) - n_tokens)  # the partial block

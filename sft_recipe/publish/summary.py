@@ -29,7 +29,12 @@ def format_summary(config: SFTConfig, state, metrics: dict[str, Any], train_seco
     quality = [f"{label} {metrics[k]:{spec}}" for k, label, spec in (
         ("eval_loss", "eval loss", ".4f"), ("eval_perplexity", "perplexity", ".2f"),
         ("eval_token_accuracy", "token accuracy", ".1%")) if k in metrics]
-    lines.append(f"best model   step {best_step} of {state.global_step}: {', '.join(quality)}")
+    if config.evaluates:
+        lines.append(f"best model   step {best_step} of {state.global_step}: {', '.join(quality)}")
+    else:
+        off = "streaming_eval_examples: 0" if config.streaming else "eval_fraction: 0"
+        lines.append(f"final model  step {state.global_step} (no evaluation: {off}, no eval_dataset; best/ is the "
+                     "last step)")
     if "eval_exact_match" in metrics:
         match = f"exact match  {metrics['eval_exact_match']:.1%} on {config.generation_eval_samples} held-out prompts"
         if untrained:

@@ -16,9 +16,9 @@ from ..errors import RecipeError, did_you_mean
 from ..formats import DEFAULT_FORMAT, Form, form_of, format_names, get_format, prompt_format
 from .keys import (BATCHING, BUILTIN_CALLBACKS, DATA, DEFAULT_CALLBACKS, ESCAPE, EVALUATION, EXTENDS, FREE, MODEL,
                    OPTIMISATION, fraction, is_secret_key, key, key_table, mapped_training_args, non_negative, positive,
-                   positive_number, run_checks)
+                   positive_number, positive_or_auto, run_checks)
 from .lora import LoraSettings
-from .sources import DataSource, check_columns, check_sources
+from .sources import DataSource, check_columns, check_evaluation, check_sources, eval_sets
 
 TrainOn = Literal["all_assistant", "last_assistant"]
 
@@ -49,8 +49,14 @@ class SFTConfig:
               "see docs/mixtures-and-streaming.md.", DATA, "data")
     dataset_config: str | None = key(None, "Hub dataset configuration name.", DATA, "data")
     dataset_split: str = key("train", "Split to train on.", DATA, "data")
-    eval_fraction: float = key(0.1, "Share of rows (of tokens, for text) held out for evaluation.", DATA, "data",
-                               check=fraction)
+    eval_fraction: float | None = key(
+        None, "Share of rows (of tokens, for text) held out for evaluation; default 0.1 without an eval_dataset; "
+              "0: no evaluation.", DATA, "data", check=fraction)
+    eval_dataset: Any = key(
+        None, "Evaluation rows of their own: a path or hub id, a mapping {path, format, columns, split, config, "
+              "max_examples}, or named sets {name: ...} (eval_<name>_loss); docs/evaluation.md.", DATA, "data")
+    eval_split: str | None = key(None, "The dataset's own evaluation split (hub, or a directory of train/test "
+                                       "files), e.g. test_sft or validation.", DATA, "data")
     max_examples: int | None = key(None, "Use only the first N rows.", DATA, "data", check=positive)
     max_eval_samples: int | None = key(
         None, "Evaluate on a fixed, seeded sample of at most N held-out rows (blocks, for text): cheaper "
@@ -73,7 +79,8 @@ class SFTConfig:
     streaming: bool = key(False, "Stream the data, tokenized on the fly (needs max_steps).", DATA, "data",
                           to=("ignore_data_skip",))
     streaming_eval_examples: int = key(
-        256, "With streaming: held-out rows (blocks, for text) from the stream's start.", DATA, "data", check=positive)
+        256, "With streaming: held-out rows (blocks, for text) from the stream's start; 0: no evaluation.", DATA,
+        "data", check=non_negative)
     cache_prepared_data: bool = key(
         True, "Keep the prepared rows and reuse them when the same recipe runs again on the same files, tokenizer "
               "and template (docs/speed-and-memory.md).", DATA, "data", FREE)
@@ -81,8 +88,15 @@ class SFTConfig:
                                DATA, "data", FREE, check=positive)
 
     # --- batching ------------------------------------------------------------------------
-    batch_size: int = key(8, "Rows per device per micro-batch.", BATCHING, "trainer",
-                          to=("per_device_train_batch_size",), check=positive)
+    batch_size: int | Literal["auto"] = key(
+        8, "Rows per device per micro-batch; auto: the largest that fits memory_budget (needs "
+           "effective_batch_size).", BATCHING, "trainer", to=("per_device_train_batch_size",), check=positive_or_auto)
+    effective_batch_size: int | None = key(
+        None, "With batch_size: auto, rows per optimizer step per process (batch_size x accumulation, kept "
+              "exactly).", BATCHING, "run", check=positive)
+    memory_budget: str | None = key(
+        None, "A size (6GiB) or auto (free memory less 10%): the run chooses micro-batch, accumulation, loss "
+              "chunk, tiles and checkpointing to fit (sft-recipe plan shows the prediction).", BATCHING, "run", FREE)
     eval_batch_size: int | None = key(None, "Defaults to batch_size.", BATCHING, "trainer", FREE,
                                       to=("per_device_eval_batch_size",), check=positive)
     gradient_accumulation_steps: int = key(1, "Micro-batches per optimizer step.", BATCHING, "trainer",
@@ -204,6 +218,7 @@ class SFTConfig:
         if self.datasets is not None:  # the top-level format then only says how the model is prompted
             self.datasets = check_sources(self.datasets)
             self.dataset_format = prompt_format([s.format for s in self.datasets])
+        check_evaluation(self)
         self.packing = "batch_concat" if self.packing is True else self.packing
         if self.streaming and (self.max_steps is None or self.packing == "bfd"):
             raise RecipeError("streaming: true needs 'max_steps' (a stream has no length to count epochs by)" if
@@ -216,7 +231,7 @@ class SFTConfig:
         if self.from_scratch and self.tokenizer_name is None and self.model_name is None:
             raise RecipeError("from_scratch: true needs 'tokenizer_name'")
         run_checks(self)  # each key's own check, as declared
-        if self.save_steps % self.eval_steps:
+        if self.evaluates and self.save_steps % self.eval_steps:
             raise RecipeError(f"recipe key 'save_steps' ({self.save_steps}) must be a multiple of 'eval_steps' "
                               f"({self.eval_steps}) so that the best checkpoint can be kept")
         for name in self.callbacks:
@@ -239,6 +254,26 @@ class SFTConfig:
             # Trainer pickles its arguments into every checkpoint (training_args.bin).
             raise RecipeError(f"'training_args' sets {secrets}: credentials would be saved with every checkpoint; "
                               f"use the HF_TOKEN environment variable or `hf auth login` instead")
+
+    @property
+    def eval_sets(self) -> list[DataSource]:
+        """The evaluation sets of their own (`eval_dataset`, or `eval_split` of the dataset), parsed."""
+        value = {"split": self.eval_split} if self.eval_split is not None else self.eval_dataset
+        return eval_sets(value, self.dataset, self.dataset_format, self.columns, self.dataset_config)
+
+    @property
+    def eval_share(self) -> float:
+        """The share of each training source held out: none when evaluation rows come from elsewhere."""
+        if self.eval_fraction is not None:
+            return self.eval_fraction
+        return 0.0 if self.eval_dataset is not None or self.eval_split is not None else 0.1
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether the run has any evaluation rows (else: no evaluation, best/ is the last step)."""
+        if self.eval_dataset is not None or self.eval_split is not None or any(s.eval for s in self.datasets or []):
+            return True
+        return self.streaming_eval_examples > 0 if self.streaming else self.eval_share > 0
 
     @property
     def resolved_eval_train_sample(self) -> bool:

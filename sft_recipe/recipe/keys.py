@@ -73,14 +73,21 @@ def non_negative(name: str, value: Any) -> None:
         raise RecipeError(f"recipe key '{name}' must be >= 0, got {value}")
 
 
+def positive_or_auto(name: str, value: Any) -> None:
+    """> 0, or `auto` (chosen by the memory plan)."""
+    if value != "auto":
+        positive(name, value)
+
+
 def positive_number(name: str, value: Any) -> None:
     if not (value > 0 and math.isfinite(value)):
         raise RecipeError(f"recipe key '{name}' must be a positive number, got {value}")
 
 
 def fraction(name: str, value: Any) -> None:
-    if not 0.0 < value < 1.0:
-        raise RecipeError(f"recipe key '{name}' must be in (0, 1), got {value}")
+    """[0, 1): 0 holds nothing out (None allowed: the key is optional)."""
+    if value is not None and not 0.0 <= value < 1.0:
+        raise RecipeError(f"recipe key '{name}' must be in [0, 1) (0: no evaluation), got {value}")
 
 
 # --- what is derived from the declarations --------------------------------------------------------

@@ -49,17 +49,21 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
 
     mapped: dict[str, Any] = dict(
         output_dir=config.output_dir, report_to=list(config.report_to) or "none",
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.eval_batch_size or config.batch_size,
+        # `batch_size: auto` is resolved by the memory plan before training; elsewhere (eval) it means 8.
+        per_device_train_batch_size=config.batch_size if config.batch_size != "auto" else 8,
+        per_device_eval_batch_size=config.eval_batch_size or (config.batch_size if config.batch_size != "auto" else 8),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         num_train_epochs=config.num_epochs, max_steps=config.max_steps if config.max_steps is not None else -1,
         learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
         lr_scheduler_type=config.lr_scheduler_type, weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm, seed=config.seed, data_seed=config.seed,
-        logging_steps=config.logging_steps, eval_strategy="steps", eval_steps=config.eval_steps,
+        logging_steps=config.logging_steps, eval_strategy="steps" if config.evaluates else "no",
+        eval_steps=config.eval_steps,
         eval_on_start=config.eval_on_start, save_strategy="steps", save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
-        load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
+        # Without evaluation rows the last step is the model: nothing to select by.
+        load_best_model_at_end=config.evaluates, metric_for_best_model="eval_loss" if config.evaluates else None,
+        greater_is_better=False if config.evaluates else None,
         train_sampling_strategy=sampling_strategy(config),
         bf16=precision == "bf16", fp16=precision == "fp16", torch_compile=config.torch_compile,
         # transformers' new name for gradient checkpointing. Non-reentrant: works with frozen inputs

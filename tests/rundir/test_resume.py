@@ -141,7 +141,7 @@ def test_lock_of_another_host_is_never_taken(run_copy, tmp_path):
 
 
 def test_generate_on_a_checkpoint_uses_the_prompt_template(finished_run, monkeypatch, capsys):
-    import sft_recipe.model.generate as generate_module
+    import sft_recipe.commands.chat as generate_module  # `generate` is a command of commands/chat.py
 
     tmp, _ = finished_run
     seen = []

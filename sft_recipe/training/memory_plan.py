@@ -1,0 +1,269 @@
+"""A memory plan before the first step: what a training step and an evaluation step will hold, and the
+settings that fit a budget.
+
+Measured, not guessed, and nothing per model:
+- **Weights, gradients, AdamW's two moments:** parameter counts times their sizes, from the model's
+  own layers (a 1-layer and a 2-layer copy of its config; the difference is one decoder layer).
+- **Activations and the loss head:** those copies run one training step (the loss path training
+  uses: the chunked trainable-token loss, checkpointing and tiles as considered) on probe rows at
+  five lengths, while a dispatch mode counts the bytes of every live tensor. Per layer and for the
+  rest (embedding, head, the loss chunk), the peak is fitted as `c + a·L + b·L²` (no term below 0) per row of length
+  `L` (attention's quadratic term) and extrapolated to the recipe's rows, micro-batch and layers.
+  The probe lengths are multiples of the loss chunk, so the chunk's logits are a constant there.
+- **Evaluation:** the same probes forward-only, at the evaluation batch, beside the weights and
+  optimizer state that stay in memory; the KV cache of `generation_eval_samples` is modelled from
+  the config (layers x 2 x kv heads x head size x tokens).
+- **The process:** its resident memory before the model exists (imports, tokenizer), measured.
+- **The runtime:** the resident memory a first probe step adds beyond its tensors (autograd's and
+  the kernels' own buffers), measured once.
+Modelled, not measured: the allocator's slack above live tensors (a fixed share, from the
+benchmark), and, under FSDP/ZeRO-3, that weights, gradients and moments divide by the processes.
+`benchmarks/memory_plan.py` checks prediction against measurement across architectures.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from ..errors import UserError
+from ..model.feed_forward import fuse_activations, tile_mlps
+from ..model.lora import wrap_lora
+from .live_bytes import LiveBytes
+from .loss import CHUNKED, LossPath
+
+MIB = 2**20
+PROBE_CHUNKS = (1, 2, 4, 6, 8)  # probe row lengths, in loss chunks
+ALLOCATOR_SLACK = 0.10  # resident memory above the live tensors' bytes (glibc arenas, fragmentation)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a budget can choose: micro-batch, accumulation, loss chunk, tiles, checkpointing."""
+
+    batch_size: int
+    accumulation: int
+    loss_chunk_size: int
+    mlp_tile_tokens: int = 0
+    gradient_checkpointing: bool = False
+
+    def describe(self) -> str:
+        extras = [f"mlp_tile_tokens {self.mlp_tile_tokens}" if self.mlp_tile_tokens else "",
+                  "gradient_checkpointing" if self.gradient_checkpointing else ""]
+        return ", ".join([f"batch_size {self.batch_size} x accumulation {self.accumulation}",
+                          f"loss_chunk_size {self.loss_chunk_size}", *filter(None, extras)])
+
+
+@dataclass
+class Plan:
+    """Predicted bytes per component (training and evaluation peaks) for one `Settings`."""
+
+    settings: Settings
+    parts: dict[str, int] = field(default_factory=dict)
+    train_peak: int = 0
+    eval_peak: int = 0
+    rows: str = ""
+
+    def lines(self) -> list[str]:
+        order = ["process (imports, tokenizer)", "weights", "gradients", "optimizer state (AdamW)",
+                 "activations, per layer", "activations, all layers", "loss head and embedding", "evaluation pass",
+                 "generation KV cache", "allocator slack and runtime"]
+        return [f"  {name:<32} {self.parts[name] / MIB:>10,.0f} MiB" for name in order if name in self.parts]
+
+
+def with_layers(model_config, layers: int):
+    """A copy of `model_config` with `layers` decoder layers (per-layer lists cut to match)."""
+    config = copy.deepcopy(model_config)
+    total = config.num_hidden_layers
+    config.num_hidden_layers = layers
+    for name, value in list(vars(config).items()):
+        if isinstance(value, list) and len(value) == total and name != "architectures":
+            setattr(config, name, value[:layers])
+    return config
+
+
+def probe_model(model_config, layers: int, recipe, settings: Settings):
+    """The model's own layers, `layers` of them, as training would run them."""
+    config = with_layers(model_config, layers)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fuse_activations(model)
+    if recipe.lora is not None:
+        model = wrap_lora(model, recipe.lora)
+    if settings.mlp_tile_tokens:
+        tile_mlps(model, settings.mlp_tile_tokens)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model
+
+
+def measure(model, length: int, batch: int, chunk: int, train: bool) -> int:
+    """Peak live bytes of one step (training: forward, loss, backward; else forward only)."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, vocab, (batch, length), generator=generator)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    path = LossPath(model, chunk, sharded=False)
+    model.train(train)
+    model.zero_grad(set_to_none=True)
+    with LiveBytes() as live:
+        if train:
+            scale = torch.tensor(1.0 / inputs["labels"][:, 1:].numel())
+            loss, _, _ = path.sums(model, inputs, {}, scale=scale, eager=path.kind == CHUNKED)
+            loss.backward()
+        else:
+            with torch.no_grad():
+                path.sums(model, inputs)
+    model.zero_grad(set_to_none=True)
+    return live.peak
+
+
+def fit(lengths: list[int], values: list[int]) -> tuple[float, float, float, float]:
+    """(floor, c, a, b): the peak is `max(floor, c + a·L + b·L²)`. At short rows another phase of the
+    step holds the peak (all gradients at the end of backward), so the curve is flat there: the
+    terms are fitted to the rising points only, with attention's quadratic term (a small one at the
+    probes is most of the memory at 4x their length), or a straight line where it would curve down."""
+    floor = float(min(values))
+    rising = [(n, float(v)) for n, v in zip(lengths, values) if v > floor * 1.02 + 65536]
+    if len(rising) < 2:
+        return float(max(values)), 0.0, 0.0, 0.0
+    rows = torch.tensor([[1.0, float(n), float(n) ** 2] for n, _ in rising], dtype=torch.float64)
+    target = torch.tensor([v for _, v in rising], dtype=torch.float64)
+    best = None
+    for terms in ([0, 1, 2], [0, 1]) if len(rising) > 2 else ([0, 1],):
+        solution = torch.linalg.lstsq(rows[:, terms], target[:, None]).solution[:, 0]
+        if len(terms) == 3 and (solution[1:] < 0).any():
+            continue  # curving down is noise: a straight line
+        best = solution.tolist() + [0.0] * (3 - len(terms))
+        break
+    c, a, b = best  # type: ignore[misc]
+    return floor, c, max(0.0, a), max(0.0, b)
+
+
+class Probes:
+    """The fitted curves of one model and recipe, measured once per setting that changes them (loss
+    chunk, tiles, checkpointing), at micro-batch 1: the micro-batch scales the per-row terms."""
+
+    def __init__(self, model_config, recipe) -> None:
+        self.model_config, self.recipe = model_config, recipe
+        self.curves: dict[tuple, dict[str, tuple]] = {}
+        self.runtime: int | None = None  # resident memory a first step adds beyond its tensors
+
+    def __call__(self, settings: Settings, train: bool) -> dict[str, tuple]:
+        key = (settings.loss_chunk_size, train) + ((settings.mlp_tile_tokens, settings.gradient_checkpointing)
+                                                   if train else ())  # evaluation runs untiled, unchecked
+        if key not in self.curves:
+            lengths = probe_lengths(self.model_config, settings.loss_chunk_size, self.recipe.max_length)
+            peaks = {}
+            for layers in (1, 2):
+                before = resident()
+                model = probe_model(self.model_config, layers, self.recipe, settings)
+                peaks[layers] = [measure(model, n, 1, settings.loss_chunk_size, train) for n in lengths]
+                if self.runtime is None and train:  # autograd's and the kernels' own memory, measured once
+                    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+                    self.runtime = max(0, resident() - before - weights)
+                del model
+            per_layer = [two - one for one, two in zip(peaks[1], peaks[2])]
+            rest = [one - layer for one, layer in zip(peaks[1], per_layer)]
+            self.curves[key] = {"layer": fit(lengths, per_layer), "rest": fit(lengths, rest)}
+        return self.curves[key]
+
+
+def probe_lengths(model_config, chunk: int, max_length: int) -> list[int]:
+    """Probe rows of 1 to 8 loss chunks; past any attention window shorter than the rows trained (a
+    sliding window or chunked attention changes how attention is computed, and what it holds, beyond it)."""
+    windows = [getattr(model_config, name, None) for name in ("sliding_window", "attention_chunk_size")]
+    if getattr(model_config, "use_sliding_window", True) is False:  # Qwen2 declares one it does not use
+        windows[0] = None
+    windows = [w for w in windows if isinstance(w, int) and not isinstance(w, bool) and w > 0]
+    start = min(windows) if windows and min(windows) < max_length else 0
+    return [start + chunk * k for k in PROBE_CHUNKS]
+
+
+def resident() -> int:
+    """This process's resident memory now."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def at(coefficients: tuple[float, float, float, float], length: int, batch: int = 1) -> float:
+    """The fitted bytes for `batch` rows of `length`: the constant (gradients, the loss chunk) once."""
+    floor, c, a, b = coefficients
+    return max(floor, c + batch * (a * length + b * length * length))
+
+
+def parameter_bytes(model_config, recipe) -> tuple[int, int]:
+    """(all parameters' bytes, trainable parameters' bytes) of the whole model, from its 1- and
+    2-layer copies (the difference is one layer; layers are alike)."""
+    counts = {}
+    for layers in (1, 2):
+        model = probe_model(model_config, layers, recipe, Settings(1, 1, 1))
+        counts[layers] = (sum(p.numel() * p.element_size() for p in model.parameters()),
+                          sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad))
+    n = model_config.num_hidden_layers
+    return tuple(int(one + (n - 1) * (two - one)) for one, two in zip(counts[1], counts[2]))  # type: ignore[return-value]
+
+
+def kv_cache_bytes(model_config, rows: int, tokens: int) -> int:
+    """The KV cache of greedy generation over `rows` prompts of `tokens` tokens (modelled)."""
+    heads = getattr(model_config, "num_key_value_heads", None) or getattr(model_config, "num_attention_heads", 1)
+    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
+    return 2 * model_config.num_hidden_layers * heads * head_dim * rows * tokens * 4
+
+
+def predict(probes: Probes, settings: Settings, process_bytes: int, eval_batch: int,
+            weights: tuple[int, int]) -> Plan:
+    """The plan for `settings` at the recipe's worst case: `max_length` rows, full micro-batches."""
+    model_config, recipe = probes.model_config, probes.recipe
+    (weight_bytes, trainable), layers, length = weights, model_config.num_hidden_layers, recipe.max_length
+    train, evaluation = probes(settings, True), probes(settings, False)
+    per_layer, rest = at(train["layer"], length, settings.batch_size), at(train["rest"], length, settings.batch_size)
+    activations, optimizer = layers * per_layer, 2 * trainable
+    eval_pass = at(evaluation["rest"], length, eval_batch) + layers * at(evaluation["layer"], length, eval_batch)
+    kv = kv_cache_bytes(model_config, min(16, recipe.generation_eval_samples),
+                        length + recipe.max_new_tokens) if recipe.generation_eval_samples else 0
+    tensors_train = weight_bytes + optimizer + activations + rest
+    tensors_eval = weight_bytes + optimizer + max(eval_pass, kv)
+    slack = ALLOCATOR_SLACK * max(tensors_train, tensors_eval) + (probes.runtime or 0)
+    parts = {"process (imports, tokenizer)": process_bytes, "weights": weight_bytes, "gradients": trainable,
+             "optimizer state (AdamW)": optimizer, "activations, per layer": per_layer,
+             "activations, all layers": activations, "loss head and embedding": rest, "evaluation pass": eval_pass,
+             "generation KV cache": kv, "allocator slack and runtime": slack}
+    return Plan(settings, {k: int(v) for k, v in parts.items()}, int(process_bytes + tensors_train + slack),
+                int(process_bytes + tensors_eval + slack),
+                f"{settings.batch_size} rows of max_length {length} per micro-batch (the worst case the recipe "
+                f"allows), evaluation batch {eval_batch}")
+
+
+def candidates(effective_batch: int, default_chunk: int) -> list[Settings]:
+    """Settings from fastest to leanest: the largest micro-batch that divides the effective batch
+    first, then checkpointing, tiles, a smaller loss chunk; the effective batch never changes."""
+    batches = [b for b in range(effective_batch, 0, -1) if effective_batch % b == 0]
+    chunks = sorted({default_chunk, min(default_chunk, 64)}, reverse=True)
+    return [Settings(batch, effective_batch // batch, chunk, tiles, checkpointing)
+            for checkpointing, tiles in ((False, 0), (True, 0), (True, 256))
+            for chunk in chunks for batch in batches]
+
+
+def choose(probes: Probes, budget: int, effective_batch: int, default_chunk: int, process_bytes: int,
+           eval_batch: int) -> Plan:
+    """The fastest settings whose predicted peaks fit `budget`, or one line naming the smallest budget."""
+    weights = parameter_bytes(probes.model_config, probes.recipe)
+    plans = []
+    for settings in candidates(effective_batch, default_chunk):
+        plan = predict(probes, settings, process_bytes, eval_batch, weights)
+        if max(plan.train_peak, plan.eval_peak) <= budget:
+            return plan
+        plans.append(plan)
+    leanest = min(plans, key=lambda p: max(p.train_peak, p.eval_peak))
+    need = math.ceil(max(leanest.train_peak, leanest.eval_peak) / MIB)
+    raise UserError(f"memory_budget {budget / MIB:,.0f} MiB: nothing fits; the leanest settings "
+                    f"({leanest.settings.describe()}) need {need:,} MiB (sft-recipe plan shows the parts)")
