@@ -36,6 +36,7 @@ LAYERS = {
 }
 MAX_TOP_LEVEL_MODULES = 8
 MAX_LINES = 300
+MAX_WIDTH = 120
 
 
 def module_name(path: Path) -> str:
@@ -107,8 +108,10 @@ def test_module_imports_only_its_layer_or_lower_at_module_top(path):
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_module_is_short(path):
-    lines = len(path.read_text(encoding="utf-8").splitlines())
-    assert lines <= MAX_LINES, f"{path.name} has {lines} lines"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= MAX_LINES, f"{path.name} has {len(lines)} lines"
+    wide = [n for n, line in enumerate(lines, 1) if len(line) > MAX_WIDTH]
+    assert not wide, f"{path.name}: lines {wide} are longer than {MAX_WIDTH} characters"
 
 
 def test_no_import_cycle():

@@ -1,8 +1,9 @@
 """`streaming: true`: training rows made on the fly from a stream, with a position that survives a kill.
 
 - **Held out:** the first `streaming_eval_examples` rows of the source (blocks, for text) are the
-  eval set (none with an `eval_dataset`, read whole in memory instead, or with 0: no evaluation), read the same way on every process and kept in memory as a normal `Dataset`, so
-  evaluation is unchanged; the rows they came from are skipped by the training stream.
+  eval set (none with an `eval_dataset`, read whole in memory instead, or with 0: no evaluation),
+  read the same way on every process and kept in memory as a normal `Dataset`, so evaluation is
+  unchanged; the rows they came from are skipped by the training stream.
 - **Per process:** each process trains on every `world`-th remaining row (`node_share`).
 - **Tokenized on the fly:** SFT rows as in `tokenization.py`; text as one running token stream cut
   into full `max_length` blocks (the partial block of one row carries over into the next).

@@ -209,7 +209,8 @@ def parameter_bytes(model_config, recipe) -> tuple[int, int]:
         counts[layers] = (sum(p.numel() * p.element_size() for p in model.parameters()),
                           sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad))
     n = model_config.num_hidden_layers
-    return tuple(int(one + (n - 1) * (two - one)) for one, two in zip(counts[1], counts[2]))  # type: ignore[return-value]
+    (all_one, trainable_one), (all_two, trainable_two) = counts[1], counts[2]
+    return int(all_one + (n - 1) * (all_two - all_one)), int(trainable_one + (n - 1) * (trainable_two - trainable_one))
 
 
 def kv_cache_bytes(model_config, rows: int, tokens: int) -> int:
