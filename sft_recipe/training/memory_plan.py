@@ -38,7 +38,7 @@ from .live_bytes import LiveBytes
 from .loss import CHUNKED, LossPath
 
 MIB = 2**20
-PROBE_CHUNKS = (1, 2, 4, 6, 8)  # probe row lengths, in loss chunks
+PROBE_CHUNKS = (1, 2, 4, 6, 8)  # probe row lengths, in units (`probe_lengths`)
 ALLOCATOR_SLACK = 0.10  # resident memory above the live tensors' bytes (glibc arenas, fragmentation)
 
 
@@ -175,14 +175,17 @@ class Probes:
 
 
 def probe_lengths(model_config, chunk: int, max_length: int) -> list[int]:
-    """Probe rows of 1 to 8 loss chunks; past any attention window shorter than the rows trained (a
-    sliding window or chunked attention changes how attention is computed, and what it holds, beyond it)."""
+    """Probe rows of 1 to 8 units, a unit being a loss chunk or a 32nd of `max_length` (so the plan
+    never extrapolates more than 4x: at 32x a quadratic term too small to see at the probes went
+    missing, 12% at a 16k-token row), in whole chunks; past any attention window shorter than the
+    rows trained (a sliding window or chunked attention changes what attention holds beyond it)."""
+    unit = chunk * max(1, -(-(max_length // 32) // chunk))
     windows = [getattr(model_config, name, None) for name in ("sliding_window", "attention_chunk_size")]
     if getattr(model_config, "use_sliding_window", True) is False:  # Qwen2 declares one it does not use
         windows[0] = None
     windows = [w for w in windows if isinstance(w, int) and not isinstance(w, bool) and w > 0]
     start = min(windows) if windows and min(windows) < max_length else 0
-    return [start + chunk * k for k in PROBE_CHUNKS]
+    return [start + unit * k for k in PROBE_CHUNKS]
 
 
 def resident() -> int:
