@@ -5,8 +5,8 @@ hold a version older than `pyproject.toml` declares (an install with `--no-deps`
 downgraded later). The first import of a missing name would then end in an ImportError or
 AttributeError traceback somewhere deep in a run; this check turns it into one line naming the
 package and the version needed. The ranges are read from the installed distribution's own metadata,
-so they are written once, in `pyproject.toml`. An optional extra (`peft` for LoRA) is checked only
-when it is installed.
+so they are written once, in `pyproject.toml`. An optional extra that commands import (`peft` for
+LoRA, `lm_eval` for bench) is checked only when it is installed; the dev extra's tools never are.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from .errors import UserError
 
 DISTRIBUTION = "sft-recipe"
+RUNTIME_EXTRAS = ("lora", "qlora", "bench")  # extras that commands import (peft, bitsandbytes, lm_eval)
 
 
 def unmet(distribution: str = DISTRIBUTION) -> str | None:
@@ -32,6 +33,8 @@ def unmet(distribution: str = DISTRIBUTION) -> str | None:
         except InvalidRequirement:
             continue
         optional = requirement.marker is not None and "extra" in str(requirement.marker)
+        if optional and not any(requirement.marker.evaluate({"extra": e}) for e in RUNTIME_EXTRAS):
+            continue  # the dev extra's tools (pytest, ...) are not the commands' business
         if requirement.marker is not None and not optional and not requirement.marker.evaluate():
             continue  # another platform's requirement
         try:
