@@ -46,11 +46,10 @@ class StepBalancedSampler(BatchRebalanceSampler):
                  world_size: int = 1, rank: int = 0) -> None:
         super().__init__(lengths=list(lengths), effective_batch_size=batch_size * grad_accum * world_size,
                          dp_size=world_size, grad_accum=grad_accum, seed=seed, rank=rank, drop_last=False)
-        self.lengths = list(lengths)
-        self.grad_accum, self.world, self.rank, self.seed = grad_accum, world_size, rank, seed
-        self.step_rows = batch_size * grad_accum * world_size
+        # The parent keeps lengths, grad_accum, rank, seed and the remainder of the last step.
+        self.world, self.step_rows = world_size, self.effective_batch_size
         self.groups = grad_accum * world_size  # micro-batches per optimizer step, all ranks
-        self.full_steps, self.remainder = divmod(len(self.lengths), self.step_rows)
+        self.full_steps = self.num_full_batches
 
     def order(self) -> list[int]:
         """This epoch's random order of all rows: the steps are its consecutive slices."""
