@@ -31,8 +31,8 @@ from transformers import AutoConfig  # noqa: E402
 from sft_recipe.recipe.config import SFTConfig  # noqa: E402
 from sft_recipe.training.memory_budget import peak_resident_bytes, resident_bytes  # noqa: E402
 from sft_recipe.training.live_bytes import LiveBytes  # noqa: E402
-from sft_recipe.training.memory_plan import (ALLOCATOR_SLACK, PROBE_CHUNKS, Probes, Settings, at,  # noqa: E402
-                                             parameter_bytes, probe_model)
+from sft_recipe.training.memory_plan import (ALLOCATOR_SLACK, PADDED, PROBE_CHUNKS, ROWS, Probes,  # noqa: E402
+                                             Settings, at, parameter_bytes, probe_inputs, probe_model)
 from sft_recipe.training.loss import CHUNKED, LossPath  # noqa: E402
 
 CHUNK = 64  # the loss chunk: probes run rows of 64..512 tokens, checks at 2,048 and more
@@ -69,11 +69,12 @@ def recipe(length: int) -> SFTConfig:
 
 
 def step(model, optimizer, batch: int, length: int) -> None:
+    """A training step on rows laid out as the padding collator gives them (a mask with a zero when
+    the micro-batch has more than one row)."""
     vocab = model.get_input_embeddings().weight.shape[0]
-    ids = torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(0))
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    inputs = probe_inputs(vocab, length, batch, PADDED if batch > 1 else ROWS)
     path = LossPath(model, CHUNK, sharded=False)
-    loss, _, _ = path.sums(model, inputs, {}, scale=torch.tensor(1.0 / ids[:, 1:].numel()),
+    loss, _, _ = path.sums(model, inputs, {}, scale=torch.tensor(1.0 / inputs["labels"][:, 1:].numel()),
                            eager=path.kind == CHUNKED)
     loss.backward()
     optimizer.step()
@@ -118,13 +119,13 @@ def main(names: list[str]) -> None:
         try:
             config = model_config(name)
             probes = Probes(config, recipe(POINTS[0][1]))
-            weights, trainable = parameter_bytes(config, recipe(POINTS[0][1]))
+            weights, trainable, _ = parameter_bytes(config, recipe(POINTS[0][1]))
         except Exception as exc:  # an architecture this transformers cannot build tiny: said, not hidden
             print(f"{name:<12} skipped: {' '.join(str(exc).split())[:100]}")
             continue
         windowed = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
         for batch, length in WINDOWED_POINTS if windowed else POINTS:
-            curves = probes(Settings(batch, 1, CHUNK), True)
+            curves = probes(Settings(batch, 1, CHUNK), True, batch)
             activations = 6 * at(curves["layer"], length, batch) + at(curves["rest"], length, batch)
             predicted = weights + 2 * trainable + activations
             measured = measured_tensors(name, batch, length)

@@ -132,7 +132,7 @@ def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
     from .commands.plan import plan_command
 
-    return plan_command(args.recipe, overrides, args.memory, args.device)
+    return plan_command(args.recipe, overrides, args.memory, args.device, args.shards)
 
 
 def cmd_launch(args: argparse.Namespace, rest: list[str]) -> int:
@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML (recipe keys may follow as --key value)")
     p.add_argument("--memory", default=None, help="a budget (6GiB): print the settings that fit it")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the run will train")
+    p.add_argument("--shards", type=int, default=1,
+                   help="processes sharing the weights and AdamW state under FSDP or ZeRO-3 (the plan is per device)")
     p.set_defaults(func=cmd_plan, takes_overrides=True)
 
     p = sub.add_parser("bench", help="benchmark scores through lm-evaluation-harness (pip install -e '.[bench]')")

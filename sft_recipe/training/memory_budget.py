@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import re
 import resource
 from collections.abc import Iterator
@@ -114,10 +115,21 @@ def recipe_settings(config: SFTConfig, vocab: int) -> Settings:
                     config.mlp_tile_tokens or 0, bool(config.gradient_checkpointing))
 
 
-def make_plan(config: SFTConfig, tokenizer, budget: int | None, device: str = "cpu") -> tuple[Plan, Probes]:
-    """The recipe's own settings' plan, or, with a budget, the fastest settings that fit it."""
+def sharding_processes() -> int:
+    """How many processes share the weights and AdamW state (FSDP, DeepSpeed ZeRO-3 under
+    `accelerate launch`), else 1: DDP keeps a whole copy on every device."""
+    state = PartialState()
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    zero3 = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    return state.num_processes if fsdp or zero3 else 1
+
+
+def make_plan(config: SFTConfig, tokenizer, budget: int | None, device: str = "cpu",
+              shards: int = 1) -> tuple[Plan, Probes]:
+    """The recipe's own settings' plan, or, with a budget, the fastest settings that fit it; per
+    device, with the weights and AdamW state divided among `shards` processes (FSDP, ZeRO-3)."""
     model_config = model_config_of(config, tokenizer)
-    probes = Probes(model_config, config)
+    probes = Probes(model_config, config, shards)
     process = resident_bytes()
     default_chunk = config.loss_chunk_size or default_loss_chunk_size(model_config.vocab_size)
     eval_batch = config.eval_batch_size or (config.batch_size if config.batch_size != "auto" else 8)
@@ -151,7 +163,7 @@ def fit_memory(config: SFTConfig, tokenizer, resuming: bool) -> tuple[SFTConfig,
     budget = budget_of(config, device)
     if budget is None:  # batch_size: auto alone: as much as the device allows
         budget = free_bytes(device)
-    plan, probes = make_plan(config, tokenizer, budget, device)
+    plan, probes = make_plan(config, tokenizer, budget, device, sharding_processes())
     vocab = probes.model_config.vocab_size
     settings = agreed(plan.settings, candidates(effective_batch(config), config.loss_chunk_size or
                                                 default_loss_chunk_size(vocab)))

@@ -11,13 +11,19 @@ Measured, not guessed, and nothing per model:
   `L` (attention's quadratic term) and extrapolated to the recipe's rows, micro-batch and layers.
   The probe lengths are multiples of the loss chunk, so the chunk's logits are a constant there.
 - **Evaluation:** the same probes forward-only, at the evaluation batch, beside the weights and
-  optimizer state that stay in memory; the KV cache of `generation_eval_samples` is modelled from
-  the config (layers x 2 x kv heads x head size x tokens).
+  optimizer state that stay in memory (not probed when the run has no evaluation); the KV cache of
+  `generation_eval_samples` is modelled from the config (layers x 2 x kv heads x head size x tokens).
 - **The process:** its resident memory before the model exists (imports, tokenizer), measured.
 - **The runtime:** the resident memory a first probe step adds beyond its tensors (autograd's and
   the kernels' own buffers), measured once.
 Modelled, not measured: the allocator's slack above live tensors (a fixed share, from the
-benchmark), and, under FSDP/ZeRO-3, that weights, gradients and moments divide by the processes.
+benchmark), and, under FSDP/ZeRO-3 (`shards`), that weights, gradients and moments divide by the
+processes (checked against FSDP2 on two gloo processes in the tests).
+Choosing is probing: each setting that changes the curves costs probe steps up to a quarter of
+`max_length`, so a budget first screens each candidate on short rows (64 to 512 tokens). Short
+probes miss what appears only at length, so they under-predict long rows: a candidate they already
+put over budget is not probed further. At worst that passes over a setting that would have fit
+for a leaner one; it never admits one that does not fit (the leanest is always probed in full).
 `benchmarks/memory_plan.py` checks prediction against measurement across architectures.
 """
 
@@ -27,6 +33,7 @@ import copy
 import math
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -39,6 +46,8 @@ from .loss import CHUNKED, LossPath
 
 MIB = 2**20
 PROBE_CHUNKS = (1, 2, 4, 6, 8)  # probe row lengths, in units (`probe_lengths`)
+SCREEN_UNIT = 64  # screening probes: rows of 64 to 512 tokens whatever `max_length` is
+ROWS, PADDED, PACKED = "rows", "padded", "packed"  # how a micro-batch reaches attention (`probe_inputs`)
 ALLOCATOR_SLACK = 0.10  # resident memory above the live tensors' bytes (glibc arenas, fragmentation)
 
 
@@ -102,12 +111,29 @@ def probe_model(model_config, layers: int, recipe, settings: Settings):
     return model
 
 
-def measure(model, length: int, batch: int, chunk: int, train: bool) -> int:
-    """Peak live bytes of one step (training: forward, loss, backward; else forward only)."""
-    vocab = model.get_input_embeddings().weight.shape[0]
+def probe_inputs(vocab: int, length: int, batch: int, layout: str) -> dict[str, torch.Tensor]:
+    """Rows as the collator hands them over: whole (no mask at all), padded (a mask with a zero,
+    which makes SDPA's and eager's attention build an L x L mask per row), or two rows packed into
+    one (position ids restarting: a block-diagonal mask, or flash-attention's varlen kernel)."""
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, vocab, (batch, length), generator=generator)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    inputs = {"input_ids": ids, "labels": ids.clone()}
+    if layout == PADDED:
+        inputs["attention_mask"] = torch.ones_like(ids)
+        inputs["attention_mask"][:, -1] = 0
+        inputs["labels"][:, -1] = -100
+    elif layout == PACKED:
+        half = length // 2
+        inputs["position_ids"] = torch.cat([torch.arange(half), torch.arange(length - half)]).expand(batch, -1)
+        inputs["labels"][:, half] = -100
+    else:
+        inputs["attention_mask"] = torch.ones_like(ids)
+    return inputs
+
+
+def measure(model, length: int, batch: int, chunk: int, train: bool, layout: str = ROWS) -> int:
+    """Peak live bytes of one step (training: forward, loss, backward; else forward only)."""
+    inputs = probe_inputs(model.get_input_embeddings().weight.shape[0], length, batch, layout)
     path = LossPath(model, chunk, sharded=False)
     model.train(train)
     model.zero_grad(set_to_none=True)
@@ -147,23 +173,41 @@ def fit(lengths: list[int], values: list[int]) -> tuple[float, float, float, flo
 
 class Probes:
     """The fitted curves of one model and recipe, measured once per setting that changes them (loss
-    chunk, tiles, checkpointing), at micro-batch 1: the micro-batch scales the per-row terms."""
+    chunk, tiles, checkpointing, how rows are laid out), at micro-batch 1: the micro-batch scales
+    the per-row terms, except packed, where the micro-batch is one row of all its rows' tokens."""
 
-    def __init__(self, model_config, recipe) -> None:
-        self.model_config, self.recipe = model_config, recipe
+    def __init__(self, model_config, recipe, shards: int = 1) -> None:
+        self.model_config, self.recipe, self.shards = model_config, recipe, shards
         self.curves: dict[tuple, dict[str, tuple]] = {}
         self.runtime: int | None = None  # resident memory a first step adds beyond its tensors
 
-    def __call__(self, settings: Settings, train: bool) -> dict[str, tuple]:
-        key = (settings.loss_chunk_size, train) + ((settings.mlp_tile_tokens, settings.gradient_checkpointing)
-                                                   if train else ())  # evaluation runs untiled, unchecked
+    def layout(self, batch: int) -> str:
+        if self.recipe.packing:
+            return PACKED
+        return PADDED if batch > 1 or self.recipe.pad_to_multiple_of else ROWS
+
+    def shape(self, batch: int) -> tuple[int, int]:
+        """(rows, tokens per row) of the worst micro-batch of `batch` rows."""
+        if self.layout(batch) == PACKED:
+            return 1, batch * self.recipe.max_length
+        return batch, self.recipe.max_length
+
+    def lengths(self, settings: Settings, batch: int, screen: bool = False) -> list[int]:
+        if screen:
+            return probe_lengths(self.model_config, SCREEN_UNIT, SCREEN_UNIT * 32)
+        return probe_lengths(self.model_config, settings.loss_chunk_size, self.shape(batch)[1])
+
+    def __call__(self, settings: Settings, train: bool, batch: int, screen: bool = False) -> dict[str, tuple]:
+        """The curves for micro-batches of `batch` rows (which decides the layout and probe lengths)."""
+        lengths, layout = self.lengths(settings, batch, screen), self.layout(batch)
+        key = (settings.loss_chunk_size, train, tuple(lengths), layout) + (
+            (settings.mlp_tile_tokens, settings.gradient_checkpointing) if train else ())  # eval: untiled, unchecked
         if key not in self.curves:
-            lengths = probe_lengths(self.model_config, settings.loss_chunk_size, self.recipe.max_length)
             peaks = {}
             for layers in (1, 2):
                 before = resident()
                 model = probe_model(self.model_config, layers, self.recipe, settings)
-                peaks[layers] = [measure(model, n, 1, settings.loss_chunk_size, train) for n in lengths]
+                peaks[layers] = [measure(model, n, 1, settings.loss_chunk_size, train, layout) for n in lengths]
                 if self.runtime is None and train:  # autograd's and the kernels' own memory, measured once
                     weights = sum(p.numel() * p.element_size() for p in model.parameters())
                     self.runtime = max(0, resident() - before - weights)
@@ -203,9 +247,17 @@ def at(coefficients: tuple[float, float, float, float], length: int, batch: int 
     return max(floor, c + batch * (a * length + b * length * length))
 
 
-def parameter_bytes(model_config, recipe) -> tuple[int, int]:
-    """(all parameters' bytes, trainable parameters' bytes) of the whole model, from its 1- and
-    2-layer copies (the difference is one layer; layers are alike)."""
+class Weights(NamedTuple):
+    """Parameter bytes of the whole model: all of them, the trainable ones, and one decoder layer's."""
+
+    total: int
+    trainable: int
+    layer: int
+
+
+def parameter_bytes(model_config, recipe) -> Weights:
+    """The model's parameter bytes, from its 1- and 2-layer copies (the difference is one layer;
+    layers are alike)."""
     counts = {}
     for layers in (1, 2):
         model = probe_model(model_config, layers, recipe, Settings(1, 1, 1))
@@ -213,7 +265,8 @@ def parameter_bytes(model_config, recipe) -> tuple[int, int]:
                           sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad))
     n = model_config.num_hidden_layers
     (all_one, trainable_one), (all_two, trainable_two) = counts[1], counts[2]
-    return int(all_one + (n - 1) * (all_two - all_one)), int(trainable_one + (n - 1) * (trainable_two - trainable_one))
+    return Weights(int(all_one + (n - 1) * (all_two - all_one)),
+                   int(trainable_one + (n - 1) * (trainable_two - trainable_one)), int(all_two - all_one))
 
 
 def kv_cache_bytes(model_config, rows: int, tokens: int) -> int:
@@ -224,27 +277,39 @@ def kv_cache_bytes(model_config, rows: int, tokens: int) -> int:
 
 
 def predict(probes: Probes, settings: Settings, process_bytes: int, eval_batch: int,
-            weights: tuple[int, int]) -> Plan:
-    """The plan for `settings` at the recipe's worst case: `max_length` rows, full micro-batches."""
+            weights: Weights, screen: bool = False) -> Plan:
+    """The plan for `settings` at the recipe's worst case: `max_length` rows, full micro-batches
+    (`screen`: from the short screening probes, a lower estimate at long rows)."""
     model_config, recipe = probes.model_config, probes.recipe
-    (weight_bytes, trainable), layers, length = weights, model_config.num_hidden_layers, recipe.max_length
-    train, evaluation = probes(settings, True), probes(settings, False)
-    per_layer, rest = at(train["layer"], length, settings.batch_size), at(train["rest"], length, settings.batch_size)
+    layers, shards = model_config.num_hidden_layers, probes.shards
+    weight_bytes, trainable = weights.total // shards, weights.trainable // shards
+    # Sharded (FSDP, ZeRO-3): each process keeps its share of the weights and moments, and gathers
+    # whole layers as it reaches them (the one running and the one prefetched). The measured step
+    # keeps its gradients whole: conservative, as they are reduce-scattered layer by layer.
+    gathered = 2 * weights.layer if shards > 1 else 0
+    train = probes(settings, True, settings.batch_size, screen)
+    (rows, length), (eval_rows, eval_length) = probes.shape(settings.batch_size), probes.shape(eval_batch)
+    per_layer, rest = at(train["layer"], length, rows), at(train["rest"], length, rows)
     activations, optimizer = layers * per_layer, 2 * trainable
-    eval_pass = at(evaluation["rest"], length, eval_batch) + layers * at(evaluation["layer"], length, eval_batch)
+    eval_pass = 0.0
+    if recipe.evaluates and not screen:  # a run without evaluation rows never runs the pass
+        evaluation = probes(settings, False, eval_batch)
+        eval_pass = at(evaluation["rest"], eval_length, eval_rows) + layers * at(evaluation["layer"], eval_length,
+                                                                                  eval_rows)
     kv = kv_cache_bytes(model_config, min(16, recipe.generation_eval_samples),
-                        length + recipe.max_new_tokens) if recipe.generation_eval_samples else 0
-    tensors_train = weight_bytes + optimizer + activations + rest
-    tensors_eval = weight_bytes + optimizer + max(eval_pass, kv)
+                        recipe.max_length + recipe.max_new_tokens) if recipe.generation_eval_samples else 0
+    tensors_train = weight_bytes + gathered + optimizer + activations + rest
+    tensors_eval = weight_bytes + gathered + optimizer + max(eval_pass, kv)
     slack = ALLOCATOR_SLACK * max(tensors_train, tensors_eval) + (probes.runtime or 0)
-    parts = {"process (imports, tokenizer)": process_bytes, "weights": weight_bytes, "gradients": trainable,
+    parts = {"process (imports, tokenizer)": process_bytes, "weights": weight_bytes + gathered,
+             "gradients": weights.trainable,
              "optimizer state (AdamW)": optimizer, "activations, per layer": per_layer,
              "activations, all layers": activations, "loss head and embedding": rest, "evaluation pass": eval_pass,
              "generation KV cache": kv, "allocator slack and runtime": slack}
     return Plan(settings, {k: int(v) for k, v in parts.items()}, int(process_bytes + tensors_train + slack),
                 int(process_bytes + tensors_eval + slack),
-                f"{settings.batch_size} rows of max_length {length} per micro-batch (the worst case the recipe "
-                f"allows), evaluation batch {eval_batch}")
+                f"{settings.batch_size} rows of max_length {recipe.max_length} per micro-batch "
+                f"({probes.layout(settings.batch_size)}; the worst case the recipe allows), evaluation batch {eval_batch}")
 
 
 def candidates(effective_batch: int, default_chunk: int) -> list[Settings]:
@@ -261,8 +326,13 @@ def choose(probes: Probes, budget: int, effective_batch: int, default_chunk: int
            eval_batch: int) -> Plan:
     """The fastest settings whose predicted peaks fit `budget`, or one line naming the smallest budget."""
     weights = parameter_bytes(probes.model_config, probes.recipe)
-    plans = []
-    for settings in candidates(effective_batch, default_chunk):
+    plans, options = [], candidates(effective_batch, default_chunk)
+    for settings in options:
+        batch = settings.batch_size
+        if settings != options[-1] and probes.lengths(settings, batch, screen=True) != probes.lengths(settings, batch):
+            screened = predict(probes, settings, process_bytes, eval_batch, weights, screen=True)
+            if screened.train_peak > budget:
+                continue  # over budget on short probes already: more so at length
         plan = predict(probes, settings, process_bytes, eval_batch, weights)
         if max(plan.train_peak, plan.eval_peak) <= budget:
             return plan

@@ -4,6 +4,8 @@ that keep the effective batch; `plan` prints its parts and two lines scripts can
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,7 +17,10 @@ from sft_recipe.errors import UserError
 from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.training.live_bytes import LiveBytes
 from sft_recipe.training.memory_budget import parse_size
-from sft_recipe.training.memory_plan import PROBE_CHUNKS, Probes, Settings, at, candidates, fit, measure, probe_model
+from sft_recipe.training import memory_plan
+from sft_recipe.training.memory_plan import (PACKED, PADDED, PROBE_CHUNKS, ROWS, Probes, Settings, at, candidates,
+                                             choose, fit, measure, parameter_bytes, predict, probe_inputs,
+                                             probe_model)
 
 ARCHITECTURES = {  # two kinds: GQA with a gated MLP and RoPE, and learned positions with a fused GELU MLP
     "llama": dict(hidden_size=64, intermediate_size=192, num_attention_heads=4, num_key_value_heads=2),
@@ -53,12 +58,33 @@ def test_prediction_holds_at_four_times_the_longest_probe(model_type):
     recipe = SFTConfig(dataset="x.jsonl", model_name="x", max_length=2048, callbacks=[])
     settings = Settings(batch_size=2, accumulation=1, loss_chunk_size=64)
     assert 2048 >= 4 * 64 * max(PROBE_CHUNKS)
-    curves = Probes(config, recipe)(settings, True)
+    curves = Probes(config, recipe)(settings, True, 2)
     predicted = 6 * at(curves["layer"], 2048, 2) + at(curves["rest"], 2048, 2)
     whole = probe_model(config, 6, recipe, settings)
-    measured = measure(whole, 2048, 2, 64, True)
+    measured = measure(whole, 2048, 2, 64, True, PADDED)  # two rows: padded, as the collator gives them
     weights = sum(p.numel() * p.element_size() for p in whole.parameters())
     assert measured > 2 * weights  # the activations, not the fixed cost, carry the match
+    assert abs(predicted / measured - 1) < 0.10, (predicted, measured)
+
+
+def test_golden_probe_rows_are_laid_out_as_the_collator_lays_them_out():
+    padded, packed, whole = (probe_inputs(50, 4, 1, layout) for layout in (PADDED, PACKED, ROWS))
+    assert padded["attention_mask"].tolist() == [[1, 1, 1, 0]] and padded["labels"][0, -1] == -100
+    assert packed["position_ids"].tolist() == [[0, 1, 0, 1]] and "attention_mask" not in packed
+    assert packed["labels"][0, 2] == -100 and whole["attention_mask"].tolist() == [[1, 1, 1, 1]]
+
+
+def test_a_packed_micro_batch_is_one_row_of_all_its_tokens():
+    """Packing two 1,024-token rows is one 2,048-token row to attention (its mask is of the whole
+    row under SDPA): predicted from probes of up to 512 tokens, against a measured packed step."""
+    config = AutoConfig.for_model("llama", vocab_size=3000, num_hidden_layers=4, max_position_embeddings=4096,
+                                  **ARCHITECTURES["llama"])
+    recipe = SFTConfig(dataset="x.jsonl", model_name="x", max_length=1024, callbacks=[], packing=True)
+    probes, settings = Probes(config, recipe), Settings(batch_size=2, accumulation=1, loss_chunk_size=64)
+    assert probes.shape(2) == (1, 2048) and probes.layout(2) == PACKED
+    curves = probes(settings, True, 2)
+    predicted = 4 * at(curves["layer"], 2048) + at(curves["rest"], 2048)
+    measured = measure(probe_model(config, 4, recipe, settings), 2048, 1, 64, True, PACKED)
     assert abs(predicted / measured - 1) < 0.10, (predicted, measured)
 
 
@@ -89,6 +115,8 @@ def test_plan_prints_the_parts_and_two_lines_for_scripts(tmp_path, bpe_tokenizer
     assert main(["plan", str(tmp_path / "r.yaml"), "--memory", "1MiB"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nothing fits" in err and "MiB" in err
+    assert main(["plan", str(tmp_path / "r.yaml"), "--shards", "0"]) == 2
+    assert "--shards" in capsys.readouterr().err
 
 
 def test_a_budget_run_chooses_settings_keeps_the_effective_batch_and_resumes_with_them(tmp_path, bpe_tokenizer_dir,
@@ -118,3 +146,70 @@ def test_an_out_of_memory_error_names_plan(tmp_path, bpe_tokenizer_dir, capsys, 
     assert main(["train", str(write_recipe(tmp_path / "r.yaml", recipe))]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "out of memory during training" in err and "sft-recipe plan" in err
+
+
+FSDP_WORKER = '''
+import json, sys, torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from transformers import AutoConfig, AutoModelForCausalLM
+
+def run(rank, folder):
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **json.load(open(f"{folder}/config.json"))))
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 1000, (1, 32))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    local = lambda t: t.to_local() if hasattr(t, "to_local") else t
+    held = {"weights": sum(local(p).numel() * p.element_size() for p in model.parameters()),
+            "optimizer": sum(local(v).numel() * v.element_size() for s in optimizer.state.values()
+                             for k, v in s.items() if k != "step")}
+    json.dump(held, open(f"{folder}/rank{rank}.json", "w"))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    torch.multiprocessing.spawn(run, args=(sys.argv[1],), nprocs=2)
+'''
+
+
+@pytest.mark.slow
+def test_sharded_terms_halve_per_device_as_fsdp2_holds_them_on_two_gloo_processes(tmp_path):
+    """The modelled part under FSDP: each process keeps 1/N of the weights and of AdamW's state."""
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=1000)
+    (tmp_path / "config.json").write_text(json.dumps(shape))
+    (tmp_path / "worker.py").write_text(FSDP_WORKER)
+    done = subprocess.run([sys.executable, str(tmp_path / "worker.py"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    held = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    config = AutoConfig.for_model("llama", **shape)
+    recipe = SFTConfig(dataset="x.jsonl", model_name="x", max_length=256, callbacks=[], eval_fraction=0)
+    weights = parameter_bytes(config, recipe)
+    whole = predict(Probes(config, recipe, shards=1), Settings(1, 1, 64), 0, 1, weights)
+    sharded = predict(Probes(config, recipe, shards=2), Settings(1, 1, 64), 0, 1, weights)
+    assert sharded.parts["optimizer state (AdamW)"] == whole.parts["optimizer state (AdamW)"] // 2
+    for rank in held:
+        assert rank["weights"] == pytest.approx(weights.total / 2, rel=0.02)
+        assert rank["optimizer"] == pytest.approx(sharded.parts["optimizer state (AdamW)"], rel=0.02)
+        assert sharded.parts["weights"] == weights.total // 2 + 2 * weights.layer  # its share, 2 layers gathered
+
+
+def test_budget_screens_on_short_rows_and_a_run_without_evaluation_is_not_probed_for_it(monkeypatch):
+    """Choosing at long rows probes in full only what short probes do not already rule out; the
+    leanest candidate is always probed in full; evaluation is probed only when the run evaluates."""
+    config = AutoConfig.for_model("llama", vocab_size=500, num_hidden_layers=2, max_position_embeddings=8192,
+                                  **ARCHITECTURES["llama"])
+    recipe = SFTConfig(dataset="x.jsonl", model_name="x", max_length=8192, callbacks=[], eval_fraction=0)
+    probes, seen = Probes(config, recipe), []
+    monkeypatch.setattr(memory_plan, "measure", lambda model, length, *a: seen.append((length, a[-1])) or 10**6)
+    with pytest.raises(UserError, match="nothing fits"):
+        choose(probes, 1, effective_batch=2, default_chunk=128, process_bytes=0, eval_batch=2)
+    assert not any(not train for _, train in seen)  # no evaluation pass probed
+    full = {length for length, _ in seen if length > 512}
+    assert full == {256 * k for k in PROBE_CHUNKS if 256 * k > 512}  # only the leanest, in full (a 32nd of 8192)
+    assert len([s for s in seen if s[0] > 512]) == 2 * len(full)  # one setting: its 1- and 2-layer copies
