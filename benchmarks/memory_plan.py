@@ -31,8 +31,9 @@ from transformers import AutoConfig  # noqa: E402
 from sft_recipe.recipe.config import SFTConfig  # noqa: E402
 from sft_recipe.training.memory_budget import peak_resident_bytes, resident_bytes  # noqa: E402
 from sft_recipe.training.live_bytes import LiveBytes  # noqa: E402
-from sft_recipe.training.memory_plan import (ALLOCATOR_SLACK, PADDED, PROBE_CHUNKS, ROWS, Probes,  # noqa: E402
-                                             Settings, at, parameter_bytes, probe_inputs, probe_model)
+from sft_recipe.training.memory_plan import ALLOCATOR_SLACK, parameter_bytes  # noqa: E402
+from sft_recipe.training.memory_probes import (PADDED, PROBE_CHUNKS, ROWS, Probes, Settings, at,  # noqa: E402
+                                               probe_inputs, probe_model)
 from sft_recipe.training.loss import CHUNKED, LossPath  # noqa: E402
 
 CHUNK = 64  # the loss chunk: probes run rows of 64..512 tokens, checks at 2,048 and more

@@ -30,7 +30,8 @@ from ..errors import UserError, one_line
 from ..model.hardware import default_loss_chunk_size
 from ..model.load import scratch_config
 from ..recipe.config import SFTConfig
-from .memory_plan import MIB, Plan, Probes, Settings, candidates, choose, parameter_bytes, predict
+from .memory_plan import MIB, Plan, candidates, choose, parameter_bytes, predict
+from .memory_probes import Probes, Settings
 
 log = logging.getLogger("sft_recipe")
 PLAN_FILENAME = "memory_plan.json"

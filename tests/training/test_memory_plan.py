@@ -17,10 +17,10 @@ from sft_recipe.errors import UserError
 from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.training.live_bytes import LiveBytes
 from sft_recipe.training.memory_budget import parse_size
-from sft_recipe.training import memory_plan
-from sft_recipe.training.memory_plan import (PACKED, PADDED, PROBE_CHUNKS, ROWS, Probes, Settings, at, candidates,
-                                             choose, fit, measure, parameter_bytes, predict, probe_inputs,
-                                             probe_model)
+from sft_recipe.training import memory_probes
+from sft_recipe.training.memory_plan import candidates, choose, parameter_bytes, predict
+from sft_recipe.training.memory_probes import (PACKED, PADDED, PROBE_CHUNKS, ROWS, Probes, Settings, at, fit, measure,
+                                               probe_inputs, probe_model)
 
 ARCHITECTURES = {  # two kinds: GQA with a gated MLP and RoPE, and learned positions with a fused GELU MLP
     "llama": dict(hidden_size=64, intermediate_size=192, num_attention_heads=4, num_key_value_heads=2),
@@ -206,7 +206,7 @@ def test_budget_screens_on_short_rows_and_a_run_without_evaluation_is_not_probed
                                   **ARCHITECTURES["llama"])
     recipe = SFTConfig(dataset="x.jsonl", model_name="x", max_length=8192, callbacks=[], eval_fraction=0)
     probes, seen = Probes(config, recipe), []
-    monkeypatch.setattr(memory_plan, "measure", lambda model, length, *a: seen.append((length, a[-1])) or 10**6)
+    monkeypatch.setattr(memory_probes, "measure", lambda model, length, *a: seen.append((length, a[-1])) or 10**6)
     with pytest.raises(UserError, match="nothing fits"):
         choose(probes, 1, effective_batch=2, default_chunk=128, process_bytes=0, eval_batch=2)
     assert not any(not train for _, train in seen)  # no evaluation pass probed
