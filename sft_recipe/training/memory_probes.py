@@ -183,14 +183,18 @@ def probe_lengths(model_config, chunk: int, max_length: int) -> list[int]:
     """Probe rows of 1 to 8 units, a unit being a loss chunk or a 32nd of `max_length` (so the plan
     never extrapolates more than 4x: at 32x a quadratic term too small to see at the probes went
     missing, 12% at a 16k-token row), in whole chunks; past any attention window shorter than the
-    rows trained (a sliding window or chunked attention changes what attention holds beyond it)."""
+    rows trained (a sliding window or chunked attention changes what attention holds beyond it).
+    Where three of them already reach `max_length` (short rows, a big chunk), the longer ones are
+    not run: the plan needs no row longer than the recipe's."""
     unit = chunk * max(1, -(-(max_length // 32) // chunk))
     windows = [getattr(model_config, name, None) for name in ("sliding_window", "attention_chunk_size")]
     if getattr(model_config, "use_sliding_window", True) is False:  # Qwen2 declares one it does not use
         windows[0] = None
     windows = [w for w in windows if isinstance(w, int) and not isinstance(w, bool) and w > 0]
     start = min(windows) if windows and min(windows) < max_length else 0
-    return [start + unit * k for k in PROBE_CHUNKS]
+    lengths = [start + unit * k for k in PROBE_CHUNKS]
+    within = [n for n in lengths if n <= max_length]
+    return within if len(within) >= 3 else lengths
 
 
 def resident() -> int:

@@ -20,7 +20,7 @@ from sft_recipe.training.memory_budget import parse_size
 from sft_recipe.training import memory_probes
 from sft_recipe.training.memory_plan import candidates, choose, parameter_bytes, predict
 from sft_recipe.training.memory_probes import (PACKED, PADDED, PROBE_CHUNKS, ROWS, Probes, Settings, at, fit, measure,
-                                               probe_inputs, probe_model)
+                                               probe_inputs, probe_lengths, probe_model)
 
 ARCHITECTURES = {  # two kinds: GQA with a gated MLP and RoPE, and learned positions with a fused GELU MLP
     "llama": dict(hidden_size=64, intermediate_size=192, num_attention_heads=4, num_key_value_heads=2),
@@ -86,6 +86,18 @@ def test_a_packed_micro_batch_is_one_row_of_all_its_tokens():
     predicted = 4 * at(curves["layer"], 2048) + at(curves["rest"], 2048)
     measured = measure(probe_model(config, 4, recipe, settings), 2048, 1, 64, True, PACKED)
     assert abs(predicted / measured - 1) < 0.10, (predicted, measured)
+
+
+def test_golden_probe_lengths():
+    """A unit of a loss chunk or a 32nd of max_length, 1 to 8 of them; none past max_length where
+    three reach it; past a sliding window shorter than the rows."""
+    llama = AutoConfig.for_model("llama", **ARCHITECTURES["llama"])
+    assert probe_lengths(llama, 64, 2048) == [64, 128, 256, 384, 512]
+    assert probe_lengths(llama, 64, 40960) == [1280, 2560, 5120, 7680, 10240]  # a 32nd, in whole chunks
+    assert probe_lengths(llama, 256, 1024) == [256, 512, 1024]
+    assert probe_lengths(llama, 256, 512) == [256, 512, 1024, 1536, 2048]  # fewer than three within: all
+    windowed = AutoConfig.for_model("mistral", sliding_window=256, **ARCHITECTURES["llama"])
+    assert probe_lengths(windowed, 64, 3072) == [384, 512, 768, 1024, 1280]  # a unit of 96, in chunks: 128
 
 
 def test_candidates_keep_the_effective_batch_fastest_first():
