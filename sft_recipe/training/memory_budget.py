@@ -6,7 +6,8 @@ line, and saved as `output_dir/memory_plan.json`, so that a resume makes the sam
 depends on the micro-batch) whatever memory is free then. The effective batch is never changed:
 batch_size x accumulation stays what the recipe gives (or `effective_batch_size` with
 `batch_size: auto`). Every process computes its choice and all take the leanest of them. After the
-first step one line compares the measured peak with the predicted one.
+second step (the first with AdamW's state in memory) one line compares the measured peak with
+the predicted one.
 """
 
 from __future__ import annotations
@@ -188,21 +189,30 @@ def applied(config: SFTConfig, settings: Settings) -> SFTConfig:
 
 
 class PeakAfterFirstStep(TrainerCallback):
-    """One line after the first step: the measured peak beside the predicted one."""
+    """One line comparing the measured peak with the predicted one, after step 2: the plan is for a
+    step that runs with AdamW's state in memory, which the first step creates only at its end
+    (so its own peak is lower). A run of one step says so after it."""
 
     def __init__(self, plan: Plan) -> None:
-        self.plan = plan
+        self.plan, self.said = plan, False
 
     def on_step_end(self, args, state, control, **kwargs: Any):
-        if state.global_step == 1 and state.is_world_process_zero:
-            if torch.cuda.is_available():
-                measured = torch.cuda.max_memory_reserved()
-            else:
-                measured = peak_resident_bytes()
-            log.info("memory: peak after the first step %s MiB, predicted %s MiB (%.2fx)",
-                     f"{measured / MIB:,.0f}", f"{self.plan.train_peak / MIB:,.0f}",
-                     measured / max(1, self.plan.train_peak))
+        if state.global_step == 2:
+            self.say(state, "step 2 (the first with AdamW's state in memory)")
         return control
+
+    def on_train_end(self, args, state, control, **kwargs: Any):
+        if not self.said and state.global_step:
+            self.say(state, f"{state.global_step} step (AdamW's state is created at its end: lower than planned)")
+        return control
+
+    def say(self, state, when: str) -> None:
+        self.said = True
+        if not state.is_world_process_zero:
+            return
+        measured = torch.cuda.max_memory_reserved() if torch.cuda.is_available() else peak_resident_bytes()
+        log.info("memory: peak after %s %s MiB, predicted %s MiB (%.2fx)", when, f"{measured / MIB:,.0f}",
+                 f"{self.plan.train_peak / MIB:,.0f}", measured / max(1, self.plan.train_peak))
 
 
 @contextlib.contextmanager

@@ -141,7 +141,7 @@ def test_a_budget_run_chooses_settings_keeps_the_effective_batch_and_resumes_wit
     chosen = json.loads((tmp_path / "out" / "memory_plan.json").read_text())["settings"]
     assert chosen["batch_size"] * chosen["accumulation"] == 8
     out = "".join(capfd.readouterr())
-    assert "memory plan: batch_size" in out and "predicted peak" in out and "peak after the first step" in out
+    assert "memory plan: batch_size" in out and "predicted peak" in out and "peak after step 2" in out
     longer = dict(recipe, max_steps=6, eval_steps=3, save_steps=3, memory_budget="5GiB")
     assert main(["train", str(write_recipe(tmp_path / "r2.yaml", longer))]) == 0
     assert "resuming with" in "".join(capfd.readouterr())  # the same choice, not a new plan
