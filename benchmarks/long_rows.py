@@ -36,8 +36,8 @@ import yaml
 
 BUDGET_MIB = 6 * 1024
 ANSWER = 256
-LADDERS = {"sft-recipe": [16384, 32768, 40960, 49152], "trainer": [1024, 2048, 3072, 4096],
-           "trl": [2048, 3072, 4096, 6144]}
+LADDERS = {"sft-recipe": [16384, 32768, 40960, 49152], "trainer": [1024, 2048, 2304, 2560, 3072],
+           "trl": [2048, 3072, 3584, 3840, 4096]}
 MODEL = {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 2,
          "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 131072,
          "tie_word_embeddings": True, "rope_theta": 1000000.0}
