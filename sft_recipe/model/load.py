@@ -140,11 +140,17 @@ def with_attention(build, requested: str | None, where: str):
     return build(None)
 
 
+def weights_dtype(config: SFTConfig) -> torch.dtype:
+    """bf16 weights for LoRA under bf16 (the frozen base needs no fp32 master copy); else fp32,
+    with bf16/fp16 as autocast around it."""
+    bf16_lora = resolve_precision(config.precision) == "bf16" and config.lora is not None
+    return torch.bfloat16 if bf16_lora else torch.float32
+
+
 def load_model(config: SFTConfig, tokenizer, new_token_ids: Sequence[int] = ()):
     """The model the recipe describes, on CPU in the dtype training will use; `new_token_ids` are
     tokens added to the vocabulary for the chat template (see `init_new_embeddings`)."""
-    precision = resolve_precision(config.precision)
-    dtype = torch.bfloat16 if precision == "bf16" and config.lora is not None else torch.float32
+    dtype = weights_dtype(config)
     attn = config.attn_implementation
     if config.from_scratch:
         model_config = scratch_config(config, tokenizer)

@@ -30,11 +30,17 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import torch
+
 from ..errors import UserError
+from ..recipe.lora import LoraSettings
 from .memory_probes import Probes, Settings, at, probe_model
 
 MIB = 2**20
 ALLOCATOR_SLACK = 0.10  # resident memory above the live tensors' bytes (glibc arenas, fragmentation)
+# QLoRA's NF4 storage per parameter: 4-bit codes, an 8-bit absmax per block of 64 (double
+# quantization) and an fp32 scale per 256 of those (bitsandbytes' defaults, as `lora.py` sets them)
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 
 
 @dataclass
@@ -62,14 +68,25 @@ class Weights(NamedTuple):
     layer: int
 
 
+def stored_bytes(model, quantized: bool) -> tuple[int, int]:
+    """(all, trainable) parameter bytes as training stores them: QLoRA keeps the frozen linear
+    weights (all but the head) in 4-bit NF4, modelled as `NF4_BYTES` a parameter."""
+    head = model.get_output_embeddings()
+    four_bit = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    total = trainable = 0.0
+    for p in model.parameters():
+        size = p.numel() * (NF4_BYTES if quantized and id(p) in four_bit and not p.requires_grad else p.element_size())
+        total += size
+        trainable += size if p.requires_grad else 0
+    return int(total), int(trainable)
+
+
 def parameter_bytes(model_config, recipe) -> Weights:
     """The model's parameter bytes, from its 1- and 2-layer copies (the difference is one layer;
     layers are alike)."""
-    counts = {}
-    for layers in (1, 2):
-        model = probe_model(model_config, layers, recipe, Settings(1, 1, 1))
-        counts[layers] = (sum(p.numel() * p.element_size() for p in model.parameters()),
-                          sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad))
+    quantized = recipe.lora is not None and LoraSettings.from_mapping(recipe.lora).load_in_4bit
+    counts = {layers: stored_bytes(probe_model(model_config, layers, recipe, Settings(1, 1, 1)), quantized)
+              for layers in (1, 2)}
     n = model_config.num_hidden_layers
     (all_one, trainable_one), (all_two, trainable_two) = counts[1], counts[2]
     return Weights(int(all_one + (n - 1) * (all_two - all_one)),

@@ -12,7 +12,9 @@ chunk's logits are a constant there.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -20,7 +22,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ..model.feed_forward import fuse_activations, tile_mlps
+from ..model.hardware import resolve_precision
+from ..model.load import weights_dtype
 from ..model.lora import wrap_lora
+from ..recipe.lora import LoraSettings
 from .live_bytes import LiveBytes
 from .loss import CHUNKED, LossPath
 
@@ -58,12 +63,15 @@ def with_layers(model_config, layers: int):
 
 
 def probe_model(model_config, layers: int, recipe, settings: Settings):
-    """The model's own layers, `layers` of them, as training would run them."""
+    """The model's own layers, `layers` of them, as training would run them: in the dtype it
+    loads in, with its adapters. QLoRA's 4-bit base needs a GPU and bitsandbytes: the probes run
+    it unquantized (its activations are the compute dtype's either way); `memory_plan.py` counts
+    the 4-bit storage."""
     config = with_layers(model_config, layers)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=weights_dtype(recipe))
     fuse_activations(model)
     if recipe.lora is not None:
-        model = wrap_lora(model, recipe.lora)
+        model = wrap_lora(model, dataclasses.replace(LoraSettings.from_mapping(recipe.lora), load_in_4bit=False))
     if settings.mlp_tile_tokens:
         tile_mlps(model, settings.mlp_tile_tokens)
     if settings.gradient_checkpointing:
@@ -92,13 +100,21 @@ def probe_inputs(vocab: int, length: int, batch: int, layout: str) -> dict[str, 
     return inputs
 
 
-def measure(model, length: int, batch: int, chunk: int, train: bool, layout: str = ROWS) -> int:
-    """Peak live bytes of one step (training: forward, loss, backward; else forward only)."""
+def autocast_dtype(recipe) -> torch.dtype | None:
+    """The mixed precision training runs under (bf16, fp16), or None for fp32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(recipe.precision))
+
+
+def measure(model, length: int, batch: int, chunk: int, train: bool, layout: str = ROWS,
+            autocast: torch.dtype | None = None) -> int:
+    """Peak live bytes of one step (training: forward, loss, backward; else forward only), under
+    `autocast` as training runs it (activations in half precision, master weights as loaded)."""
     inputs = probe_inputs(model.get_input_embeddings().weight.shape[0], length, batch, layout)
     path = LossPath(model, chunk, sharded=False)
     model.train(train)
     model.zero_grad(set_to_none=True)
-    with LiveBytes() as live:
+    mixed = torch.autocast("cpu", dtype=autocast) if autocast else contextlib.nullcontext()
+    with LiveBytes() as live, mixed:
         if train:
             scale = torch.tensor(1.0 / inputs["labels"][:, 1:].numel())
             loss, _, _ = path.sums(model, inputs, {}, scale=scale, eager=path.kind == CHUNKED)
@@ -168,7 +184,8 @@ class Probes:
             for layers in (1, 2):
                 before = resident()
                 model = probe_model(self.model_config, layers, self.recipe, settings)
-                peaks[layers] = [measure(model, n, 1, settings.loss_chunk_size, train, layout) for n in lengths]
+                peaks[layers] = [measure(model, n, 1, settings.loss_chunk_size, train, layout,
+                                         autocast_dtype(self.recipe)) for n in lengths]
                 if self.runtime is None and train:  # autograd's and the kernels' own memory, measured once
                     weights = sum(p.numel() * p.element_size() for p in model.parameters())
                     self.runtime = max(0, resident() - before - weights)

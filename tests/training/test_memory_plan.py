@@ -18,7 +18,7 @@ from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.training.live_bytes import LiveBytes
 from sft_recipe.training.memory_budget import parse_size
 from sft_recipe.training import memory_probes
-from sft_recipe.training.memory_plan import candidates, choose, parameter_bytes, predict
+from sft_recipe.training.memory_plan import NF4_BYTES, candidates, choose, parameter_bytes, predict
 from sft_recipe.training.memory_probes import (PACKED, PADDED, PROBE_CHUNKS, ROWS, Probes, Settings, at, fit, measure,
                                                probe_inputs, probe_lengths, probe_model)
 
@@ -225,3 +225,31 @@ def test_budget_screens_on_short_rows_and_a_run_without_evaluation_is_not_probed
     full = {length for length, _ in seen if length > 512}
     assert full == {256 * k for k in PROBE_CHUNKS if 256 * k > 512}  # only the leanest, in full (a 32nd of 8192)
     assert len([s for s in seen if s[0] > 512]) == 2 * len(full)  # one setting: its 1- and 2-layer copies
+
+
+def test_mixed_precision_is_probed_under_autocast_and_holds_at_four_times_the_probes():
+    """bf16 autocast keeps activations in half precision: the plan measures them so, and its
+    prediction matches a whole bf16 step at 4x the longest probe."""
+    config = AutoConfig.for_model("llama", vocab_size=3000, num_hidden_layers=4, max_position_embeddings=4096,
+                                  **ARCHITECTURES["llama"])
+    settings = Settings(batch_size=1, accumulation=1, loss_chunk_size=64)
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        recipe = SFTConfig(dataset="x.jsonl", model_name="x", max_length=2048, callbacks=[], precision=precision)
+        found = Probes(config, recipe)(settings, True, 1)
+        curves[precision] = 4 * at(found["layer"], 2048) + at(found["rest"], 2048)
+    measured = measure(probe_model(config, 4, recipe, settings), 2048, 1, 64, True, ROWS, torch.bfloat16)
+    assert abs(curves["bf16"] / measured - 1) < 0.10, (curves["bf16"], measured)
+    assert curves["bf16"] < 0.8 * curves["fp32"]
+
+
+def test_golden_qlora_counts_frozen_linear_weights_at_four_bits():
+    """QLoRA stores every frozen linear weight but the head as NF4 (0.5 byte + block scales)."""
+    pytest.importorskip("peft")
+    config = AutoConfig.for_model("llama", vocab_size=1000, num_hidden_layers=3, **ARCHITECTURES["llama"])
+    plain, four_bit = (parameter_bytes(config, SFTConfig(dataset="x.jsonl", model_name="x", callbacks=[],
+                                                         precision="fp32", lora={"load_in_4bit": flag}))
+                       for flag in (False, True))
+    linear = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 192  # q, k, v, o, gate, up, down: 49,152 a layer
+    assert plain.total - four_bit.total == pytest.approx(3 * linear * (4 - NF4_BYTES), abs=3)
+    assert plain.trainable == four_bit.trainable > 0  # the adapters, unchanged
