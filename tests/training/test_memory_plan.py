@@ -253,3 +253,22 @@ def test_golden_qlora_counts_frozen_linear_weights_at_four_bits():
     linear = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 192  # q, k, v, o, gate, up, down: 49,152 a layer
     assert plain.total - four_bit.total == pytest.approx(3 * linear * (4 - NF4_BYTES), abs=3)
     assert plain.trainable == four_bit.trainable > 0  # the adapters, unchanged
+
+
+def test_fsdp_and_zero3_launches_share_the_weights_among_their_processes(monkeypatch):
+    from sft_recipe.training import memory_budget
+
+    class State:
+        num_processes = 4
+
+    monkeypatch.setattr(memory_budget, "PartialState", State)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", raising=False)
+    assert memory_budget.sharding_processes() == 1  # DDP: a whole copy on every device
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    assert memory_budget.sharding_processes() == 1  # ZeRO-2 keeps whole weights
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    assert memory_budget.sharding_processes() == 4
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert memory_budget.sharding_processes() == 4
