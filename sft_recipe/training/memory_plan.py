@@ -153,8 +153,9 @@ def choose(probes: Probes, budget: int, effective_batch: int, default_chunk: int
     weights = parameter_bytes(probes.model_config, probes.recipe)
     plans, options = [], candidates(effective_batch, default_chunk)
     for settings in options:
-        batch = settings.batch_size
-        if settings != options[-1] and probes.lengths(settings, batch, screen=True) != probes.lengths(settings, batch):
+        batch = settings.batch_size  # screening pays where its probes are the shorter ones
+        shorter = max(probes.lengths(settings, batch, True)) < max(probes.lengths(settings, batch))
+        if settings != options[-1] and shorter:
             screened = predict(probes, settings, process_bytes, eval_batch, weights, screen=True)
             if screened.train_peak > budget:
                 continue  # over budget on short probes already: more so at length

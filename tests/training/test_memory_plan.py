@@ -218,7 +218,11 @@ def test_budget_screens_on_short_rows_and_a_run_without_evaluation_is_not_probed
                                   **ARCHITECTURES["llama"])
     recipe = SFTConfig(dataset="x.jsonl", model_name="x", max_length=8192, callbacks=[], eval_fraction=0)
     probes, seen = Probes(config, recipe), []
-    monkeypatch.setattr(memory_probes, "measure", lambda model, length, *a: seen.append((length, a[-1])) or 10**6)
+    def measure(model, length, batch, chunk, train, *rest):
+        seen.append((length, train))
+        return 10**6
+
+    monkeypatch.setattr(memory_probes, "measure", measure)
     with pytest.raises(UserError, match="nothing fits"):
         choose(probes, 1, effective_batch=2, default_chunk=128, process_bytes=0, eval_batch=2)
     assert not any(not train for _, train in seen)  # no evaluation pass probed
