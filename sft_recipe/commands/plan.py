@@ -13,6 +13,7 @@ from ..model.load import load_tokenizer
 from ..recipe.files import load_recipe
 from ..training.memory_budget import budget_of, make_plan, parse_size
 from ..training.memory_plan import MIB
+from ..training.planned_rows import planned_rows
 
 CUDA_CONTEXT_BYTES = 500 * MIB  # modelled: the CUDA context and kernels, about 0.5 GiB on recent GPUs
 
@@ -26,7 +27,8 @@ def plan_command(recipe: str, overrides: list[str], memory: str | None, device: 
     budget = parse_size(memory, "--memory") if memory else budget_of(config, device)
     if shards < 1:
         raise UserError(f"plan --shards: expected a number of processes of at least 1, got {shards}")
-    plan, _ = make_plan(config, tokenizer, budget, device, shards)
+    rows = planned_rows(config, tokenizer, prepare=False)  # prepared rows where they exist, never tokenized here
+    plan, _ = make_plan(config, tokenizer, budget, device, shards, rows)
     if device == "cuda":  # tensors are the same bytes on the GPU; the process's host memory is not on it
         extra = CUDA_CONTEXT_BYTES - plan.parts["process (imports, tokenizer)"]
         plan.parts["process (imports, tokenizer)"] = CUDA_CONTEXT_BYTES

@@ -33,6 +33,7 @@ from ..model.load import scratch_config
 from ..recipe.config import SFTConfig
 from .memory_plan import MIB, Plan, candidates, choose, parameter_bytes, predict
 from .memory_probes import Probes, Settings
+from .planned_rows import PlannedRows, planned_rows
 
 log = logging.getLogger("sft_recipe")
 PLAN_FILENAME = "memory_plan.json"
@@ -126,12 +127,13 @@ def sharding_processes() -> int:
     return state.num_processes if fsdp or zero3 else 1
 
 
-def make_plan(config: SFTConfig, tokenizer, budget: int | None, device: str = "cpu",
-              shards: int = 1) -> tuple[Plan, Probes]:
+def make_plan(config: SFTConfig, tokenizer, budget: int | None, device: str = "cpu", shards: int = 1,
+              rows: PlannedRows | None = None) -> tuple[Plan, Probes]:
     """The recipe's own settings' plan, or, with a budget, the fastest settings that fit it; per
-    device, with the weights and AdamW state divided among `shards` processes (FSDP, ZeRO-3)."""
+    device, with the weights and AdamW state divided among `shards` processes (FSDP, ZeRO-3); for
+    `rows` where they are prepared, else for the worst case the recipe allows."""
     model_config = model_config_of(config, tokenizer)
-    probes = Probes(model_config, config, shards)
+    probes = Probes(model_config, config, shards, rows)
     process = resident_bytes()
     default_chunk = config.loss_chunk_size or default_loss_chunk_size(model_config.vocab_size)
     eval_batch = config.eval_batch_size or (config.batch_size if config.batch_size != "auto" else 8)
@@ -165,13 +167,14 @@ def fit_memory(config: SFTConfig, tokenizer, resuming: bool) -> tuple[SFTConfig,
     budget = budget_of(config, device)
     if budget is None:  # batch_size: auto alone: as much as the device allows
         budget = free_bytes(device)
-    plan, probes = make_plan(config, tokenizer, budget, device, sharding_processes())
+    rows = planned_rows(config, tokenizer, prepare=True)
+    plan, probes = make_plan(config, tokenizer, budget, device, sharding_processes(), rows)
     vocab = probes.model_config.vocab_size
     settings = agreed(plan.settings, candidates(effective_batch(config), config.loss_chunk_size or
                                                 default_loss_chunk_size(vocab)))
-    log.info("memory plan: %s; predicted peak %s MiB training, %s MiB evaluation (budget %s MiB)",
+    log.info("memory plan: %s; predicted peak %s MiB training, %s MiB evaluation (budget %s MiB), for %s",
              settings.describe(), f"{plan.train_peak / MIB:,.0f}", f"{plan.eval_peak / MIB:,.0f}",
-             f"{budget / MIB:,.0f}")
+             f"{budget / MIB:,.0f}", plan.rows)
     if PartialState().is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"settings": settings.__dict__, "predicted_train_mib": plan.train_peak / MIB,

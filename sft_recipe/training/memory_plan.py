@@ -132,9 +132,18 @@ def predict(probes: Probes, settings: Settings, process_bytes: int, eval_batch: 
              "generation KV cache": kv, "allocator slack and runtime": slack}
     return Plan(settings, {k: int(v) for k, v in parts.items()}, int(process_bytes + tensors_train + slack),
                 int(process_bytes + tensors_eval + slack),
-                f"{settings.batch_size} rows of max_length {recipe.max_length} per micro-batch "
-                f"({probes.layout(settings.batch_size)}; the worst case the recipe allows), "
-                f"evaluation batch {eval_batch}")
+                describe_rows(probes, settings.batch_size, eval_batch))
+
+
+def describe_rows(probes: Probes, batch: int, eval_batch: int) -> str:
+    """Which rows the plan is for, in the line `plan` and the run print."""
+    if probes.rows is None:
+        return (f"{batch} rows of max_length {probes.recipe.max_length} per micro-batch ({probes.layout(batch)}; the "
+                f"worst case the recipe allows: every token trainable), evaluation batch {eval_batch}")
+    rows = probes.rows
+    return (f"{batch} rows of up to {rows.longest} tokens per micro-batch ({probes.layout(batch)}), at most "
+            f"{rows.trainable_share:.1%} of a row trainable: the longest micro-batch of {rows.source}, "
+            f"evaluation batch {eval_batch}")
 
 
 def candidates(effective_batch: int, default_chunk: int) -> list[Settings]:

@@ -28,6 +28,7 @@ from ..model.lora import wrap_lora
 from ..recipe.lora import LoraSettings
 from .live_bytes import LiveBytes
 from .loss import CHUNKED, LossPath
+from .planned_rows import PlannedRows
 
 PROBE_CHUNKS = (1, 2, 4, 6, 8)  # probe row lengths, in units (`probe_lengths`)
 SCREEN_UNIT = 64  # screening probes: rows of 64 to 512 tokens whatever `max_length` is
@@ -80,13 +81,17 @@ def probe_model(model_config, layers: int, recipe, settings: Settings):
     return model
 
 
-def probe_inputs(vocab: int, length: int, batch: int, layout: str) -> dict[str, torch.Tensor]:
+def probe_inputs(vocab: int, length: int, batch: int, layout: str,
+                 trainable: int | None = None) -> dict[str, torch.Tensor]:
     """Rows as the collator hands them over: whole (no mask at all), padded (a mask with a zero,
     which makes SDPA's and eager's attention build an L x L mask per row), or two rows packed into
-    one (position ids restarting: a block-diagonal mask, or flash-attention's varlen kernel)."""
+    one (position ids restarting: a block-diagonal mask, or flash-attention's varlen kernel); every
+    token trained, or the last `trainable` of each row (a prompt, then its answer)."""
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, vocab, (batch, length), generator=generator)
     inputs = {"input_ids": ids, "labels": ids.clone()}
+    if trainable is not None:
+        inputs["labels"][:, :length - trainable] = -100
     if layout == PADDED:
         inputs["attention_mask"] = torch.ones_like(ids)
         inputs["attention_mask"][:, -1] = 0
@@ -106,10 +111,10 @@ def autocast_dtype(recipe) -> torch.dtype | None:
 
 
 def measure(model, length: int, batch: int, chunk: int, train: bool, layout: str = ROWS,
-            autocast: torch.dtype | None = None) -> int:
+            autocast: torch.dtype | None = None, trainable: int | None = None) -> int:
     """Peak live bytes of one step (training: forward, loss, backward; else forward only), under
     `autocast` as training runs it (activations in half precision, master weights as loaded)."""
-    inputs = probe_inputs(model.get_input_embeddings().weight.shape[0], length, batch, layout)
+    inputs = probe_inputs(model.get_input_embeddings().weight.shape[0], length, batch, layout, trainable)
     path = LossPath(model, chunk, sharded=False)
     model.train(train)
     model.zero_grad(set_to_none=True)
@@ -153,8 +158,8 @@ class Probes:
     chunk, tiles, checkpointing, how rows are laid out), at micro-batch 1: the micro-batch scales
     the per-row terms, except packed, where the micro-batch is one row of all its rows' tokens."""
 
-    def __init__(self, model_config, recipe, shards: int = 1) -> None:
-        self.model_config, self.recipe, self.shards = model_config, recipe, shards
+    def __init__(self, model_config, recipe, shards: int = 1, rows: PlannedRows | None = None) -> None:
+        self.model_config, self.recipe, self.shards, self.rows = model_config, recipe, shards, rows
         self.curves: dict[tuple, dict[str, tuple]] = {}
         self.runtime: int | None = None  # resident memory a first step adds beyond its tensors
 
@@ -165,9 +170,8 @@ class Probes:
 
     def shape(self, batch: int) -> tuple[int, int]:
         """(rows, tokens per row) of the worst micro-batch of `batch` rows."""
-        if self.layout(batch) == PACKED:
-            return 1, batch * self.recipe.max_length
-        return batch, self.recipe.max_length
+        longest = self.rows.longest if self.rows else self.recipe.max_length
+        return (1, batch * longest) if self.layout(batch) == PACKED else (batch, longest)
 
     def lengths(self, settings: Settings, batch: int, screen: bool = False) -> list[int]:
         if screen:
@@ -184,8 +188,9 @@ class Probes:
             for layers in (1, 2):
                 before = resident()
                 model = probe_model(self.model_config, layers, self.recipe, settings)
-                peaks[layers] = [measure(model, n, 1, settings.loss_chunk_size, train, layout,
-                                         autocast_dtype(self.recipe)) for n in lengths]
+                chunk = settings.loss_chunk_size
+                peaks[layers] = [measure(model, n, 1, chunk, train, layout, autocast_dtype(self.recipe),
+                                         self.rows.trainable(n, chunk) if self.rows else None) for n in lengths]
                 if self.runtime is None and train:  # autograd's and the kernels' own memory, measured once
                     weights = sum(p.numel() * p.element_size() for p in model.parameters())
                     self.runtime = max(0, resident() - before - weights)

@@ -21,6 +21,7 @@ from sft_recipe.training import memory_probes
 from sft_recipe.training.memory_plan import NF4_BYTES, candidates, choose, parameter_bytes, predict
 from sft_recipe.training.memory_probes import (PACKED, PADDED, PROBE_CHUNKS, ROWS, Probes, Settings, at, fit, measure,
                                                probe_inputs, probe_lengths, probe_model)
+from sft_recipe.training.planned_rows import PlannedRows, shape_of
 
 ARCHITECTURES = {  # two kinds: GQA with a gated MLP and RoPE, and learned positions with a fused GELU MLP
     "llama": dict(hidden_size=64, intermediate_size=192, num_attention_heads=4, num_key_value_heads=2),
@@ -72,6 +73,38 @@ def test_golden_probe_rows_are_laid_out_as_the_collator_lays_them_out():
     assert padded["attention_mask"].tolist() == [[1, 1, 1, 0]] and padded["labels"][0, -1] == -100
     assert packed["position_ids"].tolist() == [[0, 1, 0, 1]] and "attention_mask" not in packed
     assert packed["labels"][0, 2] == -100 and whole["attention_mask"].tolist() == [[1, 1, 1, 1]]
+
+
+def test_golden_probe_rows_train_their_last_tokens_as_the_prepared_rows_do():
+    rows = PlannedRows(longest=1000, trainable_share=0.05, source="x")
+    assert rows.trainable(1000, 16) == 50 and rows.trainable(100, 16) == 16 and rows.trainable(8, 16) == 8
+    inputs = probe_inputs(50, 6, 1, ROWS, trainable=2)
+    assert inputs["labels"][0, :4].tolist() == [-100] * 4 and (inputs["labels"][0, 4:] >= 0).all()
+
+
+def test_golden_shape_of_prepared_rows_is_their_longest_row_and_largest_trainable_share():
+    import datasets
+
+    from sft_recipe.data.prepared import PreparedData
+
+    train = datasets.Dataset.from_dict({"labels": [[-100, -100, 5, 6], [-100, 7], [-100, -100, -100, -100, -100, 8]]})
+    data = PreparedData(train.select([0, 1]), datasets.Dataset.from_dict({"labels": [[-100, 1, 2]]}), None, {})
+    assert shape_of(data, "s") == PlannedRows(4, 2 / 3, "s")  # row 2 is not among the selected rows
+
+
+def test_planning_for_prepared_rows_holds_for_a_long_prompt_and_a_short_answer():
+    """Rows of a long prompt and a 5% answer: the plan for them (probes of up to 512 tokens, the
+    last 5% trained) against a measured 2,048-token step of such a row, and below the worst case."""
+    config = AutoConfig.for_model("llama", vocab_size=3000, num_hidden_layers=4, max_position_embeddings=4096,
+                                  **ARCHITECTURES["llama"])
+    recipe = SFTConfig(dataset="x.jsonl", model_name="x", max_length=2048, callbacks=[])
+    settings, rows = Settings(1, 1, 64), PlannedRows(2048, 0.05, "test rows")
+    found = Probes(config, recipe, rows=rows)(settings, True, 1)
+    predicted = 4 * at(found["layer"], 2048) + at(found["rest"], 2048)
+    measured = measure(probe_model(config, 4, recipe, settings), 2048, 1, 64, True, ROWS, None, 103)
+    assert abs(predicted / measured - 1) < 0.10, (predicted, measured)
+    worst = Probes(config, recipe)(settings, True, 1)
+    assert predicted < 4 * at(worst["layer"], 2048) + at(worst["rest"], 2048)
 
 
 def test_a_packed_micro_batch_is_one_row_of_all_its_tokens():
@@ -142,6 +175,7 @@ def test_a_budget_run_chooses_settings_keeps_the_effective_batch_and_resumes_wit
     assert chosen["batch_size"] * chosen["accumulation"] == 8
     out = "".join(capfd.readouterr())
     assert "memory plan: batch_size" in out and "predicted peak" in out and "peak after step 2" in out
+    assert "the longest micro-batch of the prepared rows (data cache)" in out  # prepared first, then planned
     longer = dict(recipe, max_steps=6, eval_steps=3, save_steps=3, memory_budget="5GiB")
     assert main(["train", str(write_recipe(tmp_path / "r2.yaml", longer))]) == 0
     assert "resuming with" in "".join(capfd.readouterr())  # the same choice, not a new plan
