@@ -8,8 +8,9 @@ batch 1, no padding mask, AdamW, evaluation off. Rows: a long prompt (text of th
 length runs in a fresh process; its peak RSS is the process's VmHWM.
 
 - `sft-recipe`: `sft-recipe train` with only `memory_budget: 6GiB` and `max_length` set (and the
-  model, data and evaluation off). The memory plan decides before training: a length it cannot fit
-  stops with one line, and that is the end of its ladder.
+  model, data and evaluation off; the data cache on, as by default, so the plan is for the prepared
+  rows). The memory plan decides before training: a length it cannot fit stops with one line, and
+  that is the end of its ladder.
 - `trainer`: the plain `transformers.Trainer` with `DataCollatorForSeq2Seq`.
 - `trl`: TRL's `SFTTrainer` with its defaults (prompt-completion rows; `bf16` off, as everything
   here runs in fp32 on the CPU).
@@ -63,7 +64,7 @@ def ours(folder: Path, tokenizer_dir: str, rows: Path, length: int) -> list[str]
     recipe = {"model_name": None, "from_scratch": True, "model_config": MODEL, "tokenizer_name": tokenizer_dir,
               "dataset": str(rows), "dataset_format": "prompt_completion", "max_length": length,
               "memory_budget": f"{BUDGET_MIB}MiB", "eval_fraction": 0, "max_steps": 1, "batch_size": 1,
-              "save_steps": 1000, "logging_steps": 1, "callbacks": [], "cache_prepared_data": False,
+              "save_steps": 1000, "logging_steps": 1, "callbacks": [],
               "output_dir": str(folder / f"out-{length}"), "overwrite_output_dir": True, "attn_implementation": "sdpa"}
     path = folder / f"r-{length}.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -127,7 +128,8 @@ def run(system: str, folder: Path, tokenizer_dir: str, rows: Path, length: int) 
         command = [sys.executable, "-c", code]
     started = time.perf_counter()
     out = subprocess.run(command, capture_output=True, text=True, timeout=7200,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                              "SFT_RECIPE_CACHE": str(folder / "cache")})  # the data cache on, as by default
     wall = time.perf_counter() - started
     text = out.stdout + out.stderr
     peak = next((int(line.split()[1]) / 1024 for line in text.splitlines() if line.startswith("VMHWM")), None)
