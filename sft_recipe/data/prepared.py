@@ -42,6 +42,7 @@ from .builtin import is_builtin
 
 log = logging.getLogger("sft_recipe")
 MANIFEST = "prepared.json"
+EMPTY = "empty.json"  # an empty split's features (`save_rows`)
 
 
 @dataclass
@@ -133,12 +134,12 @@ def save_prepared(data: PreparedData, directory: str | Path, fingerprint: str | 
     tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    data.train.save_to_disk(str(tmp / "train"))
-    data.eval.save_to_disk(str(tmp / "eval"))
+    save_rows(data.train, tmp / "train")
+    save_rows(data.eval, tmp / "eval")
     if data.eval_raw is not None:
-        data.eval_raw.save_to_disk(str(tmp / "eval_raw"))
+        save_rows(data.eval_raw, tmp / "eval_raw")
     for name, part in (data.eval_parts or {}).items():
-        part.save_to_disk(str(tmp / "eval_parts" / name))
+        save_rows(part, tmp / "eval_parts" / name)
     files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
     manifest = {"files": files, "stats": data.stats, "fingerprint": fingerprint,
                 "tokenizer": tokenizer_fingerprint(tokenizer), "eval_parts": sorted(data.eval_parts or {}),
@@ -153,6 +154,24 @@ def save_prepared(data: PreparedData, directory: str | Path, fingerprint: str | 
         if not (directory / MANIFEST).is_file():
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_rows(rows, path: Path) -> None:
+    """`save_to_disk`, except an empty dataset (a run without evaluation rows): `load_from_disk`
+    cannot read one back (no Arrow file to take the table from), so its features are kept instead."""
+    if len(rows):
+        rows.save_to_disk(str(path))
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    (path / EMPTY).write_text(json.dumps(rows.features.to_dict()), encoding="utf-8")
+
+
+def load_rows(path: Path):
+    """What `save_rows` wrote: the dataset, or an empty one with its columns."""
+    if (path / EMPTY).is_file():
+        features = datasets.Features.from_dict(json.loads((path / EMPTY).read_text(encoding="utf-8")))
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    return datasets.load_from_disk(str(path))
 
 
 def damage(directory: Path) -> str | None:
@@ -181,15 +200,15 @@ def load_prepared(directory: str | Path, tokenizer, max_length: int | None = Non
     if manifest.get("tokenizer") != tokenizer_fingerprint(tokenizer):
         raise DataError(f"{directory}: these rows were prepared with another tokenizer (or chat template); "
                         f"prepare them again with this recipe's tokenizer")
-    train = datasets.load_from_disk(str(directory / "train"))
+    train = load_rows(directory / "train")
     if max_length is not None and len(train) and max(train["length"] if "length" in train.column_names
                                                      else [len(r) for r in train["input_ids"]]) > max_length:
         raise DataError(f"{directory}: rows longer than max_length={max_length}; prepare them again with this "
                         f"max_length")
     raw = directory / "eval_raw"
-    parts = {name: datasets.load_from_disk(str(directory / "eval_parts" / name)) for name in manifest["eval_parts"]}
-    return PreparedData(train, datasets.load_from_disk(str(directory / "eval")),
-                        datasets.load_from_disk(str(raw)) if raw.is_dir() else None, manifest["stats"], parts or None)
+    parts = {name: load_rows(directory / "eval_parts" / name) for name in manifest["eval_parts"]}
+    return PreparedData(train, load_rows(directory / "eval"), load_rows(raw) if raw.is_dir() else None,
+                        manifest["stats"], parts or None)
 
 
 def cached(config: SFTConfig, tokenizer) -> tuple[PreparedData | None, Path | None]:

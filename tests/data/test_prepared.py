@@ -41,6 +41,17 @@ def test_the_same_recipe_again_reuses_the_rows_and_says_so(tmp_path, bpe_tokeniz
     assert second.stats == first.stats and second.eval_raw.to_list() == first.eval_raw.to_list()
 
 
+def test_rows_without_evaluation_are_reused_too(tmp_path, bpe_tokenizer_dir, tokenizing):
+    """eval_fraction: 0 leaves an empty evaluation split, which `load_from_disk` cannot read back."""
+    data = write_jsonl(tmp_path / "rows.jsonl", alpaca_rows(20))
+    config = SFTConfig(dataset=str(data), model_name="unused", max_length=256, callbacks=[], eval_fraction=0)
+    first = prepare_data(config, load_tokenizer(str(bpe_tokenizer_dir)))
+    calls = len(tokenizing)
+    second = prepare_data(config, load_tokenizer(str(bpe_tokenizer_dir)))
+    assert len(tokenizing) == calls and len(second.eval) == len(first.eval) == 0  # nothing tokenized again
+    assert second.eval.column_names == first.eval.column_names and second.train["labels"] == first.train["labels"]
+
+
 @pytest.mark.parametrize("change", ["file contents", "max_length", "tokenizer", "seed"])
 def test_any_change_prepares_again(tmp_path, bpe_tokenizer_dir, tokenizing, change):
     rows = alpaca_rows(40)
