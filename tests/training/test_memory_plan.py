@@ -176,6 +176,8 @@ def test_a_budget_run_chooses_settings_keeps_the_effective_batch_and_resumes_wit
     out = "".join(capfd.readouterr())
     assert "memory plan: batch_size" in out and "predicted peak" in out and "peak after step 2" in out
     assert "the longest micro-batch of the prepared rows (data cache)" in out  # prepared first, then planned
+    assert main(["plan", str(path)]) == 0  # reads the cache the run left, tokenizes nothing
+    assert "the longest micro-batch of the prepared rows (data cache)" in "".join(capfd.readouterr())
     longer = dict(recipe, max_steps=6, eval_steps=3, save_steps=3, memory_budget="5GiB")
     assert main(["train", str(write_recipe(tmp_path / "r2.yaml", longer))]) == 0
     assert "resuming with" in "".join(capfd.readouterr())  # the same choice, not a new plan
