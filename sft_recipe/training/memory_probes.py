@@ -191,7 +191,7 @@ class Probes:
                 chunk = settings.loss_chunk_size
                 peaks[layers] = [measure(model, n, 1, chunk, train, layout, autocast_dtype(self.recipe),
                                          self.rows.trainable(n, chunk) if self.rows else None) for n in lengths]
-                if self.runtime is None and train:  # autograd's and the kernels' own memory, measured once
+                if self.runtime is None and train and not screen:  # autograd's and kernels' memory, measured once
                     weights = sum(p.numel() * p.element_size() for p in model.parameters())
                     self.runtime = max(0, resident() - before - weights)
                 del model
