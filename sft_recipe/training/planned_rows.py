@@ -18,6 +18,7 @@ from accelerate import PartialState
 
 from ..data.prepare import prepare_data
 from ..data.prepared import PreparedData, cached, is_prepared, load_prepared
+from ..model.load import check_model
 from ..recipe.config import SFTConfig
 
 
@@ -61,6 +62,7 @@ def planned_rows(config: SFTConfig, tokenizer, prepare: bool) -> PlannedRows | N
         return shape_of(load_prepared(config.dataset, tokenizer, config.max_length), f"the rows in {config.dataset}")
     data, where = cached(config, tokenizer)
     if data is None and prepare and where is not None:
+        check_model(config, tokenizer)  # as `train` does before tokenizing: a wrong model is said first
         with PartialState().main_process_first():
             data = prepare_data(config, tokenizer)  # cached: the run reads them back, not again
     return shape_of(data, "the prepared rows (data cache)") if data is not None else None
