@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
 from sft_recipe.recipe.config import SFTConfig  # noqa: E402
-from sft_recipe.training.memory_budget import peak_resident_bytes, resident_bytes  # noqa: E402
+from sft_recipe.training.host_memory import peak_resident_bytes, resident_bytes  # noqa: E402
 from sft_recipe.training.live_bytes import LiveBytes  # noqa: E402
 from sft_recipe.training.memory_plan import ALLOCATOR_SLACK, parameter_bytes  # noqa: E402
 from sft_recipe.training.memory_probes import (PADDED, PROBE_CHUNKS, ROWS, Probes, Settings, at,  # noqa: E402

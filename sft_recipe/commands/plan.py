@@ -19,14 +19,14 @@ CUDA_CONTEXT_BYTES = 500 * MIB  # modelled: the CUDA context and kernels, about 
 
 
 def plan_command(recipe: str, overrides: list[str], memory: str | None, device: str, shards: int = 1) -> int:
+    if shards < 1:
+        raise UserError(f"plan --shards: expected a number of processes of at least 1, got {shards}")
     config = load_recipe(recipe, overrides)
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("plan --device cuda: no CUDA device here; plan on the machine that trains, or use --device cpu")
     tokenizer = load_tokenizer(config.resolved_tokenizer_name, config.trust_remote_code)
     setup_chat_template(tokenizer, config)
     budget = parse_size(memory, "--memory") if memory else budget_of(config, device)
-    if shards < 1:
-        raise UserError(f"plan --shards: expected a number of processes of at least 1, got {shards}")
     rows = planned_rows(config, tokenizer, prepare=False)  # prepared rows where they exist, never tokenized here
     plan, _ = make_plan(config, tokenizer, budget, device, shards, rows)
     if device == "cuda":  # tensors are the same bytes on the GPU; the process's host memory is not on it

@@ -27,7 +27,7 @@ from ..rundir.resume import check_resume, mark_finished
 from ..rundir.best import save_best
 from ..rundir.stream_state import restore_stream
 from ..publish.summary import format_summary
-from ..training.memory_budget import PeakAfterFirstStep, fit_memory, out_of_memory
+from ..training.memory_budget import PeakAgainstPlan, fit_memory, out_of_memory
 from ..training.arguments import to_training_arguments
 from ..training.signals import peers_watched
 from ..training.host_memory import release_unused_memory
@@ -84,7 +84,7 @@ def run(config: SFTConfig, args, started: float, generation_check: GenerationChe
     # 3. model and trainer
     trainer, stop = build_trainer(config, args, tokenizer, data, new_token_ids)
     if plan is not None:
-        trainer.add_callback(PeakAfterFirstStep(plan))
+        trainer.add_callback(PeakAgainstPlan(plan))
 
     # 4. train (resuming if a complete checkpoint exists), then evaluate the best model
     before = generation_check(config, trainer, tokenizer, data, "untrained") if generation_check else None

@@ -28,6 +28,11 @@ def loss_chunk_size(config: SFTConfig, vocab_size: int | None = None) -> int:
     return config.loss_chunk_size if config.loss_chunk_size is not None else default_loss_chunk_size(vocab_size)
 
 
+def eval_batch_size(config: SFTConfig) -> int:
+    """`eval_batch_size`, else the micro-batch (8 while `batch_size: auto` is not chosen yet)."""
+    return config.eval_batch_size or (config.batch_size if config.batch_size != "auto" else 8)
+
+
 def sampling_strategy(config: SFTConfig) -> str:
     """Padded rows of varying length: each optimizer step's rows, drawn at random, are split into
     micro-batches by length (`training/sampling.py`), or grouped by length across the dataset if
@@ -51,7 +56,7 @@ def to_training_arguments(config: SFTConfig, **overrides: Any):
         output_dir=config.output_dir, report_to=list(config.report_to) or "none",
         # `batch_size: auto` is resolved by the memory plan before training; elsewhere (eval) it means 8.
         per_device_train_batch_size=config.batch_size if config.batch_size != "auto" else 8,
-        per_device_eval_batch_size=config.eval_batch_size or (config.batch_size if config.batch_size != "auto" else 8),
+        per_device_eval_batch_size=eval_batch_size(config),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         num_train_epochs=config.num_epochs, max_steps=config.max_steps if config.max_steps is not None else -1,
         learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import sys
 from collections.abc import MutableMapping
+from pathlib import Path
 
 import pyarrow
 
@@ -68,3 +70,26 @@ def release_unused_memory() -> None:
     libc = glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def process_status(field: str) -> int:
+    """A memory figure of this process from /proc (VmRSS now, VmHWM its peak: unlike `ru_maxrss`, the
+    peak is not inherited from a parent across exec), else the peak `getrusage` gives."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now."""
+    return process_status("VmRSS")
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory."""
+    return process_status("VmHWM")

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import resource
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,10 @@ from accelerate import PartialState
 from transformers import AutoConfig, TrainerCallback
 
 from ..errors import UserError, one_line
-from ..model.hardware import default_loss_chunk_size
 from ..model.load import scratch_config
 from ..recipe.config import SFTConfig
+from .arguments import eval_batch_size, loss_chunk_size
+from .host_memory import peak_resident_bytes, resident_bytes
 from .memory_plan import MIB, Plan, candidates, choose, parameter_bytes, predict
 from .memory_probes import Probes, Settings
 from .planned_rows import PlannedRows, planned_rows
@@ -64,27 +64,6 @@ def model_config_of(config: SFTConfig, tokenizer):
     return model_config
 
 
-def process_status(field: str) -> int:
-    """A memory figure of this process from /proc (VmRSS now, VmHWM its peak: unlike `ru_maxrss`, the
-    peak is not inherited from a parent across exec), else the peak `getrusage` gives."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def resident_bytes() -> int:
-    """What imports and the tokenizer already hold, now."""
-    return process_status("VmRSS")
-
-
-def peak_resident_bytes() -> int:
-    return process_status("VmHWM")
-
-
 def free_bytes(device: str) -> int:
     """`memory_budget: auto`: the device's free memory (available RAM on the CPU) less a margin."""
     if device == "cuda":
@@ -114,7 +93,7 @@ def effective_batch(config: SFTConfig) -> int:
 def recipe_settings(config: SFTConfig, vocab: int) -> Settings:
     """What the recipe sets itself (for `plan` without a budget)."""
     batch = config.batch_size if config.batch_size != "auto" else 1
-    return Settings(batch, effective_batch(config) // batch, config.loss_chunk_size or default_loss_chunk_size(vocab),
+    return Settings(batch, effective_batch(config) // batch, loss_chunk_size(config, vocab),
                     config.mlp_tile_tokens or 0, bool(config.gradient_checkpointing))
 
 
@@ -134,13 +113,12 @@ def make_plan(config: SFTConfig, tokenizer, budget: int | None, device: str = "c
     `rows` where they are prepared, else for the worst case the recipe allows."""
     model_config = model_config_of(config, tokenizer)
     probes = Probes(model_config, config, shards, rows)
-    process = resident_bytes()
-    default_chunk = config.loss_chunk_size or default_loss_chunk_size(model_config.vocab_size)
-    eval_batch = config.eval_batch_size or (config.batch_size if config.batch_size != "auto" else 8)
+    process, eval_batch = resident_bytes(), eval_batch_size(config)
     if budget is None:
         settings = recipe_settings(config, model_config.vocab_size)
         return predict(probes, settings, process, eval_batch, parameter_bytes(model_config, config)), probes
-    return choose(probes, budget, effective_batch(config), default_chunk, process, eval_batch), probes
+    return choose(probes, budget, effective_batch(config), loss_chunk_size(config, model_config.vocab_size), process,
+                  eval_batch), probes
 
 
 def agreed(settings: Settings, options: list[Settings]) -> Settings:
@@ -169,9 +147,11 @@ def fit_memory(config: SFTConfig, tokenizer, resuming: bool) -> tuple[SFTConfig,
         budget = free_bytes(device)
     rows = planned_rows(config, tokenizer, prepare=True)
     plan, probes = make_plan(config, tokenizer, budget, device, sharding_processes(), rows)
-    vocab = probes.model_config.vocab_size
-    settings = agreed(plan.settings, candidates(effective_batch(config), config.loss_chunk_size or
-                                                default_loss_chunk_size(vocab)))
+    options = candidates(effective_batch(config), loss_chunk_size(config, probes.model_config.vocab_size))
+    settings = agreed(plan.settings, options)
+    if settings != plan.settings:  # another process needed leaner settings: their plan, for the line and the check
+        plan = predict(probes, settings, plan.parts["process (imports, tokenizer)"], eval_batch_size(config),
+                       parameter_bytes(probes.model_config, config))
     log.info("memory plan: %s; predicted peak %s MiB training, %s MiB evaluation (budget %s MiB), for %s",
              settings.describe(), f"{plan.train_peak / MIB:,.0f}", f"{plan.eval_peak / MIB:,.0f}",
              f"{budget / MIB:,.0f}", plan.rows)
@@ -191,7 +171,7 @@ def applied(config: SFTConfig, settings: Settings) -> SFTConfig:
                                gradient_checkpointing=settings.gradient_checkpointing)
 
 
-class PeakAfterFirstStep(TrainerCallback):
+class PeakAgainstPlan(TrainerCallback):
     """One line comparing the measured peak with the predicted one, after step 2: the plan is for a
     step that runs with AdamW's state in memory, which the first step creates only at its end
     (so its own peak is lower). A run of one step says so after it."""

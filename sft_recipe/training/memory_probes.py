@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import os
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +25,7 @@ from ..model.hardware import resolve_precision
 from ..model.load import weights_dtype
 from ..model.lora import wrap_lora
 from ..recipe.lora import LoraSettings
+from .host_memory import resident_bytes
 from .live_bytes import LiveBytes
 from .loss import CHUNKED, LossPath
 from .planned_rows import PlannedRows
@@ -186,14 +186,14 @@ class Probes:
         if key not in self.curves:
             peaks = {}
             for layers in (1, 2):
-                before = resident()
+                before = resident_bytes()
                 model = probe_model(self.model_config, layers, self.recipe, settings)
                 chunk = settings.loss_chunk_size
                 peaks[layers] = [measure(model, n, 1, chunk, train, layout, autocast_dtype(self.recipe),
                                          self.rows.trainable(n, chunk) if self.rows else None) for n in lengths]
                 if self.runtime is None and train and not screen:  # autograd's and kernels' memory, measured once
                     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-                    self.runtime = max(0, resident() - before - weights)
+                    self.runtime = max(0, resident_bytes() - before - weights)
                 del model
             per_layer = [two - one for one, two in zip(peaks[1], peaks[2])]
             rest = [one - layer for one, layer in zip(peaks[1], per_layer)]
@@ -208,7 +208,8 @@ def probe_lengths(model_config, chunk: int, max_length: int) -> list[int]:
     rows trained (a sliding window or chunked attention changes what attention holds beyond it).
     Where three of them already reach `max_length` (short rows, a big chunk), the longer ones are
     not run: the plan needs no row longer than the recipe's."""
-    unit = chunk * max(1, -(-(max_length // 32) // chunk))
+    grain = chunk or 1  # 0: the model's own loss, no chunk to align to
+    unit = grain * max(1, -(-(max_length // 32) // grain))
     windows = [getattr(model_config, name, None) for name in ("sliding_window", "attention_chunk_size")]
     if getattr(model_config, "use_sliding_window", True) is False:  # Qwen2 declares one it does not use
         windows[0] = None
@@ -217,15 +218,6 @@ def probe_lengths(model_config, chunk: int, max_length: int) -> list[int]:
     lengths = [start + unit * k for k in PROBE_CHUNKS]
     within = [n for n in lengths if n <= max_length]
     return within if len(within) >= 3 else lengths
-
-
-def resident() -> int:
-    """This process's resident memory now."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return 0
 
 
 def at(coefficients: tuple[float, float, float, float], length: int, batch: int = 1) -> float:

@@ -16,7 +16,7 @@ from sft_recipe.cli import main
 from sft_recipe.errors import UserError
 from sft_recipe.recipe.config import SFTConfig
 from sft_recipe.training.live_bytes import LiveBytes
-from sft_recipe.training.memory_budget import parse_size
+from sft_recipe.training.memory_budget import parse_size, recipe_settings
 from sft_recipe.training import memory_probes
 from sft_recipe.training.memory_plan import NF4_BYTES, candidates, choose, parameter_bytes, predict
 from sft_recipe.training.memory_probes import (PACKED, PADDED, PROBE_CHUNKS, ROWS, Probes, Settings, at, fit, measure,
@@ -66,6 +66,16 @@ def test_prediction_holds_at_four_times_the_longest_probe(model_type):
     weights = sum(p.numel() * p.element_size() for p in whole.parameters())
     assert measured > 2 * weights  # the activations, not the fixed cost, carry the match
     assert abs(predicted / measured - 1) < 0.10, (predicted, measured)
+
+
+def test_loss_chunk_size_0_is_planned_as_the_models_own_loss_with_its_whole_logits():
+    """0 means the model's own loss (every position's logits at once), not the default chunk."""
+    config = AutoConfig.for_model("llama", vocab_size=3000, num_hidden_layers=2, **ARCHITECTURES["llama"])
+    recipe = SFTConfig(dataset="x.jsonl", model_name="x", max_length=512, callbacks=[], loss_chunk_size=0)
+    assert recipe_settings(recipe, 3000).loss_chunk_size == 0
+    probes = Probes(config, recipe)
+    own, chunked = (at(probes(Settings(1, 1, chunk), True, 1)["rest"], 512) for chunk in (0, 64))
+    assert own > chunked + 512 * 3000 * 4  # at least the whole row's fp32 logits more
 
 
 def test_golden_probe_rows_are_laid_out_as_the_collator_lays_them_out():
@@ -129,6 +139,7 @@ def test_golden_probe_lengths():
     assert probe_lengths(llama, 64, 40960) == [1280, 2560, 5120, 7680, 10240]  # a 32nd, in whole chunks
     assert probe_lengths(llama, 256, 1024) == [256, 512, 1024]
     assert probe_lengths(llama, 256, 512) == [256, 512, 1024, 1536, 2048]  # fewer than three within: all
+    assert probe_lengths(llama, 0, 2048) == [64, 128, 256, 384, 512]  # the model's own loss: no chunk
     windowed = AutoConfig.for_model("mistral", sliding_window=256, **ARCHITECTURES["llama"])
     assert probe_lengths(windowed, 64, 3072) == [384, 512, 768, 1024, 1280]  # a unit of 96, in chunks: 128
 

@@ -6,12 +6,12 @@ every logger (wandb, TensorBoard, `train_log.jsonl`).
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 
 import torch
 from transformers import TrainerCallback
+
+from ..host_memory import peak_resident_bytes
 
 
 class ThroughputCallback(TrainerCallback):
@@ -77,8 +77,7 @@ def throughput_metrics(logs: dict[str, float], last: dict[str, float], seconds: 
 
 def peak_memory_gb() -> dict[str, float]:
     """Peak resident memory of this process and, on a GPU, peak memory allocated by PyTorch."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    peak = {"peak_rss_gb": rss / (2**30 if sys.platform == "darwin" else 2**20)}
+    peak = {"peak_rss_gb": peak_resident_bytes() / 2**30}  # this process's own, not a parent's (ru_maxrss)
     if torch.cuda.is_available():
         peak["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return peak
